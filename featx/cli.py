@@ -1,0 +1,207 @@
+"""The ``featx`` command line.  Heavy libraries are imported inside each command.
+
+    featx backbones 'timm/*resnet*'
+    featx extract data/images --backbone timm/tf_efficientnet_lite0
+    featx fit reviews.csv --backbone hf/all-MiniLM-L6-v2 --head logreg --out model.featx
+    featx predict model.featx new_reviews.csv
+    featx cache ls
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``key=value`` with the value parsed as a Python literal when it is one (``layers=[-1,-2]``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"option {text!r} must look like key=value")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="an image folder root/<class>/*.jpg, or a .csv/.tsv/.jsonl text file")
+    p.add_argument("--text-column", default="text", help="text column of a CSV/JSONL file (default: text)")
+    p.add_argument("--label-column", default="label", help="label column of a CSV/JSONL file (default: label)")
+
+
+def _add_backbone_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--backbone", "-b", required=required, help="a registered name, see `featx backbones`")
+    p.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="backbone option, repeatable (e.g. -o pooling=cls -o layers=[-1,-2])")
+    p.add_argument("--cache-dir", help="embedding cache (default: $FEATX_CACHE_DIR or ./cache)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--errors", choices=["raise", "skip"], default="raise", help="unreadable samples")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def _estimator_kwargs(args) -> dict:
+    return dict(backbone=args.backbone, backbone_options=dict(args.option) or None, cache_dir=args.cache_dir,
+                batch_size=args.batch_size, device=args.device, errors=args.errors, progress=not args.quiet)
+
+
+def cmd_backbones(args) -> int:
+    from .registry import describe_backbones, list_backbones
+
+    names = list_backbones(args.pattern)
+    described = {name: (plugin, desc) for name, plugin, desc in describe_backbones()}
+    for name in names:
+        plugin, desc = described.get(name, ("", ""))
+        print(f"{name:40s} {plugin:22s} {desc}".rstrip())
+    if not names:
+        print(f"no backbone matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .datasets import load_dataset
+    from .estimators import resolve_backbone
+    from .extract import extract
+
+    X, _ = load_dataset(args.data, args.text_column, args.label_column)
+    backbone = resolve_backbone(args.backbone, dict(args.option) or None)
+    result = extract(backbone, X, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
+                     errors=args.errors, progress=not args.quiet)
+    s = result.stats
+    print(f"{s.backbone}: {s.samples} samples ({s.unique} unique), {s.hits} cached, {s.embedded} embedded "
+          f"in {s.seconds:.1f}s → store {s.store_key}")
+    for line in s.failed:
+        print(f"skipped: {line}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from .datasets import load_dataset
+    from .estimators import TransferClassifier
+    from .persist import save
+
+    X, y = load_dataset(args.data, args.text_column, args.label_column)
+    model = TransferClassifier(head=args.head, **_estimator_kwargs(args)).fit(X, y)
+    save(model, args.out)
+    print(f"fitted {args.head} on {len(model.classes_)} classes with {args.backbone}; saved {args.out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import csv
+
+    from .datasets import list_images, load_text_table
+    from .persist import load
+
+    model = load(args.model)
+    model.set_params(cache_dir=args.cache_dir or model.cache_dir, progress=not args.quiet)
+    if Path(args.data).is_dir():
+        X = list_images(args.data)
+        names = X
+    else:
+        X, _ = load_text_table(args.data, args.text_column, None)
+        names = [str(i) for i in range(len(X))]
+    proba = model.predict_proba(X)
+    labels = model.classes_[proba.argmax(axis=1)]
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    writer = csv.writer(out)
+    writer.writerow(["sample", "prediction", "confidence"])
+    for name, label, p in zip(names, labels, proba.max(axis=1)):
+        writer.writerow([name, label, f"{p:.4f}"])
+    if args.out:
+        out.close()
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .cache import EmbeddingCache
+
+    cache = EmbeddingCache(args.cache_dir)
+    if args.action == "ls":
+        stores = cache.stores()
+        if not stores:
+            print(f"no embeddings in {str(cache.root)!r}")
+            return 0
+        print(f"{'store':16s} {'backbone':36s} {'fingerprint':16s} {'count':>8s} {'dim':>6s} {'dtype':8s} {'size':>10s}")
+        for store in stores:
+            i = store.info()
+            print(f"{i.key[:16]:16s} {i.name[:36]:36s} {i.fingerprint[:16]:16s} {i.count:8d} {i.dim:6d} "
+                  f"{i.dtype:8s} {i.bytes / 1e6:9.2f}M")
+        return 0
+    i = cache.find(args.store).info()
+    for field in ("key", "name", "fingerprint", "dim", "dtype", "count", "shards", "bytes", "path"):
+        print(f"{field:12s} {getattr(i, field)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(cache_dir=args.cache_dir, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featx", description="Transfer learning on cached embeddings.")
+    parser.add_argument("--version", action="version", version=f"featx {__import__('featx').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("backbones", help="list registered backbones")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'timm/*resnet*'")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("extract", help="embed a dataset into the cache")
+    _add_data_args(p)
+    _add_backbone_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("fit", help="train a head on a labelled dataset and save the model")
+    _add_data_args(p)
+    _add_backbone_args(p)
+    p.add_argument("--head", default="logreg", help="logreg, svm, mlp or knn (default: logreg)")
+    p.add_argument("--out", required=True, help="model file to write (e.g. model.featx)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="predict with a saved model; writes CSV")
+    p.add_argument("model", help="a file written by `featx fit` or featx.save")
+    p.add_argument("data", help="an image folder (searched recursively) or a .csv/.jsonl text file")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--cache-dir")
+    p.add_argument("--out", help="CSV file (default: stdout)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cache", help="inspect the embedding cache")
+    p.add_argument("action", choices=["ls", "info"])
+    p.add_argument("store", nargs="?", help="for info: a store key, fingerprint prefix or backbone name")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("demo", help="real transfer learning on shipped data and models")
+    p.add_argument("--cache-dir", help="default: ./cache")
+    p.add_argument("--quick", action="store_true", help="smaller subsets (about a minute)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "cache" and args.action == "info" and not args.store:
+        build_parser().error("cache info needs a STORE (see `featx cache ls`)")
+    from .errors import FeatxError
+
+    try:
+        return args.func(args)
+    except FeatxError as exc:
+        print(f"featx: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featx: interrupted; finished shards are kept in the cache", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

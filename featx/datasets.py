@@ -1,0 +1,247 @@
+"""Turn user inputs into samples with content keys, and load labelled datasets from disk.
+
+Images may be file paths, ``PIL.Image`` objects or uint8 arrays (one ``(n, H, W[, C])`` array or a
+list of ``(H, W[, C])`` arrays); texts are ``str``.  A sample's key hashes its content only (file
+bytes, RGB pixels + shape, or UTF-8 text), so the same picture under two names is one key.
+
+>>> s = as_samples(["a cat", "a dog", "a cat"], "text")
+>>> s.keys[0] == s.keys[2], len(s)
+(True, 3)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import BadInputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _hash(kind: bytes, *chunks: bytes) -> str:
+    h = hashlib.blake2b(kind + b"\0", digest_size=16)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _pixels(image) -> np.ndarray:
+    """RGB uint8 pixels of a PIL image or an array (grey, RGBA and palette are converted)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise BadInputError(f"image array has dtype {arr.dtype}; pass uint8 pixels (0-255)")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise BadInputError(f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    return np.ascontiguousarray(arr)
+
+
+@dataclass
+class Samples:
+    """Normalised samples: ``items`` (paths, pixel arrays or texts), their ``keys`` and ``names``."""
+
+    modality: str
+    items: list[Any]
+    keys: list[str]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, i: int):
+        """Sample ``i`` as its backbone receives it: an RGB ``PIL.Image`` or a ``str``."""
+        if self.modality == "text":
+            return self.items[i]
+        from PIL import Image
+
+        item = self.items[i]
+        if isinstance(item, np.ndarray):
+            return Image.fromarray(item)
+        try:
+            with Image.open(item) as im:
+                im.load()
+                return im if im.mode == "RGB" else _to_rgb(im)
+        except Exception as exc:
+            raise BadInputError(f"cannot read image {self.names[i]!r}: {exc}") from None
+
+
+def _to_rgb(im):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, do not clip
+        arr = np.asarray(im, dtype=np.float64)
+        top = arr.max() or 1.0
+        from PIL import Image
+
+        return Image.fromarray((arr * (255.0 / top)).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def _is_image_like(x: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(x, (Image.Image, np.ndarray, os.PathLike))
+
+
+def as_samples(X: Any, modality: str) -> Samples:
+    """Validate ``X`` for a backbone of ``modality`` and compute every sample's content key."""
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
+        if modality != "image":
+            raise BadInputError("got a numeric array but the backbone embeds text; pass a list of str")
+        if X.ndim not in (3, 4):
+            raise BadInputError(f"image array has shape {X.shape}; expected (n, H, W) or (n, H, W, C)")
+        X = list(X)
+    elif isinstance(X, (str, bytes, os.PathLike)) or not hasattr(X, "__len__"):
+        raise BadInputError(
+            f"X must be a sequence of samples (a list of {'texts' if modality == 'text' else 'images or paths'}), "
+            f"got {type(X).__name__}"
+        )
+    X = list(X)
+    if modality == "text":
+        return _text_samples(X)
+    if modality == "image":
+        return _image_samples(X)
+    raise BadInputError(f"unknown modality {modality!r}: a backbone's modality is 'image' or 'text'")
+
+
+def _text_samples(X: list) -> Samples:
+    keys = []
+    for i, x in enumerate(X):
+        if not isinstance(x, str):
+            kind = "an image" if _is_image_like(x) else type(x).__name__
+            raise BadInputError(f"sample {i} is {kind}, but this backbone embeds text: pass str only")
+        if not x.strip():
+            raise BadInputError(f"sample {i} is an empty text; drop it or give it content")
+        keys.append(_hash(b"text", x.encode("utf-8", errors="surrogatepass")))
+    return Samples("text", X, keys, [f"text[{i}]" for i in range(len(X))])
+
+
+def _image_samples(X: list) -> Samples:
+    from PIL import Image
+
+    items, keys, names = [], [], []
+    for i, x in enumerate(X):
+        if isinstance(x, (str, os.PathLike)):
+            path = os.fspath(x)
+            try:
+                with open(path, "rb") as f:
+                    keys.append(_hash(b"file", f.read()))
+            except OSError as exc:
+                raise BadInputError(f"cannot read image file {path!r}: {exc.strerror or exc}") from None
+            items.append(path)
+            names.append(path)
+            continue
+        if not isinstance(x, (Image.Image, np.ndarray)):
+            raise BadInputError(
+                f"sample {i} is {type(x).__name__}, but this backbone embeds images: pass file paths, "
+                f"PIL images or uint8 arrays"
+            )
+        try:
+            pixels = _pixels(x)
+        except BadInputError as exc:
+            raise BadInputError(f"sample {i}: {exc}") from None
+        keys.append(_hash(b"pixels", str(pixels.shape).encode(), pixels.tobytes()))
+        items.append(pixels)
+        names.append(f"image[{i}]")
+    return Samples("image", items, keys, names)
+
+
+def load_image_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """``root/<class>/<image>`` → (paths, labels), sorted for reproducibility.
+
+    Non-image files (by suffix) are ignored; an empty folder is an error.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(f"image folder {str(root)!r} does not exist or is not a directory")
+    paths, labels = [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(str(f))
+                labels.append(class_dir.name)
+    if not paths:
+        raise BadInputError(
+            f"no images found in {str(root)!r}: expected root/<class>/<image>.jpg "
+            f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return paths, labels
+
+
+def list_images(root: str | os.PathLike) -> list[str]:
+    """Every image file under ``root`` (recursively), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(f"image folder {str(root)!r} does not exist or is not a directory")
+    return sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_text_table(
+    path: str | os.PathLike, text_column: str = "text", label_column: str | None = "label"
+) -> tuple[list[str], list[str] | None]:
+    """Texts (and labels, if ``label_column`` is present) from a CSV or JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"text file {str(path)!r} does not exist")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if path.suffix.lower() in (".jsonl", ".ndjson"):
+                rows = [json.loads(line) for line in f if line.strip()]
+            elif path.suffix.lower() in (".csv", ".tsv"):
+                rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+            else:
+                raise BadInputError(f"{str(path)!r}: use a .csv, .tsv or .jsonl file")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{str(path)!r} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not rows:
+        raise BadInputError(f"{str(path)!r} has no rows")
+    columns = list(rows[0])
+    if text_column not in columns:
+        raise BadInputError(f"{str(path)!r} has no column {text_column!r} (columns: {columns}); pass text_column=")
+    texts = [str(r[text_column]) if r.get(text_column) is not None else "" for r in rows]
+    if label_column is None or label_column not in columns:
+        return texts, None
+    return texts, [r[label_column] for r in rows]
+
+
+def load_dataset(source: str | os.PathLike, text_column: str = "text", label_column: str = "label"):
+    """A folder of class sub-folders or a CSV/JSONL file → ``(X, y)``; ``y`` may be ``None`` for tables."""
+    if Path(source).is_dir():
+        return load_image_folder(source)
+    return load_text_table(source, text_column, label_column)
+
+
+def labels_or_raise(y: Sequence[Any] | None, n: int) -> np.ndarray:
+    """Validate classification labels: one per sample, none missing, at least two classes."""
+    if y is None:
+        raise BadInputError("labels y are required for fitting")
+    y = np.asarray(list(y), dtype=object)
+    if len(y) != n:
+        raise BadInputError(f"len(X) = {n} but len(y) = {len(y)}: give one label per sample")
+    missing = [i for i, v in enumerate(y) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
+    if missing:
+        raise BadInputError(f"labels missing (None/NaN/empty) at rows {missing[:10]}{' …' if len(missing) > 10 else ''}; drop those samples or label them")
+    kinds = {type(v) for v in y}
+    y = np.asarray(list(y)) if len(kinds) == 1 else y.astype(str)
+    if len(np.unique(y)) < 2:
+        raise BadInputError(f"y has a single class {y[0]!r}: a classifier needs at least two")
+    return y

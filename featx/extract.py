@@ -1,0 +1,150 @@
+"""The extraction loop: look samples up in the cache, embed only the misses, commit shard by shard.
+
+Each chunk of misses is committed as its own shard, so an interrupted run keeps everything
+finished before the interruption and the next run resumes from there.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backbones.base import Backbone
+from .cache import EmbeddingCache, Store
+from .datasets import Samples, as_samples
+from .errors import BadInputError, PluginError
+
+
+@dataclass
+class ExtractStats:
+    """What one extraction did: ``embedded`` counts samples the backbone actually saw."""
+
+    backbone: str
+    store_key: str
+    samples: int
+    unique: int
+    hits: int
+    embedded: int
+    seconds: float
+    failed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Extraction:
+    """Vectors in input order (NaN rows where a sample failed and ``errors="skip"``) and stats."""
+
+    vectors: np.ndarray
+    ok: np.ndarray
+    stats: ExtractStats
+
+
+class Progress:
+    """A one-line progress meter on stderr (silent when ``enabled`` is False)."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        self.total, self.label, self.enabled = total, label, enabled and total > 0
+        self.done, self.start = 0, time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.enabled:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            end = "\n" if self.done >= self.total else ""
+            print(f"\r{self.label}: {self.done}/{self.total} ({rate:.1f}/s)", end=end, file=sys.stderr, flush=True)
+
+
+def check_output(backbone: Backbone, out: Any, n: int) -> np.ndarray:
+    """The backbone's output as float32 ``(n, dim)``, or a ``PluginError`` naming the backbone."""
+    problem = None
+    if not isinstance(out, np.ndarray):
+        problem = f"returned {type(out).__name__}, not a numpy array"
+    elif out.shape != (n, backbone.dim):
+        problem = f"returned shape {out.shape} for {n} samples; expected ({n}, {backbone.dim})"
+    elif out.dtype.kind != "f":
+        problem = f"returned dtype {out.dtype}; expected float32"
+    elif not np.isfinite(out).all():
+        problem = "returned NaN or infinite values"
+    if problem:
+        raise PluginError(f"backbone {backbone.name!r} ({type(backbone).__module__}.{type(backbone).__name__}) {problem}")
+    return out.astype(np.float32, copy=False)
+
+
+def open_store(backbone: Backbone, cache_dir=None, dtype: str = "float32") -> Store:
+    """The cache store holding ``backbone``'s embeddings."""
+    return EmbeddingCache(cache_dir).store(
+        backbone.fingerprint(), name=backbone.name, dim=backbone.dim, dtype=dtype, views=backbone.views
+    )
+
+
+def extract(
+    backbone: Backbone,
+    X: Any,
+    *,
+    cache_dir=None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    chunk_size: int | None = None,
+    errors: str = "raise",
+    progress: bool = False,
+) -> Extraction:
+    """Embed ``X`` with ``backbone`` through the cache; only samples never seen before are embedded.
+
+    ``errors="raise"`` (default) commits every healthy sample, then raises one ``BadInputError``
+    listing every unreadable one; ``errors="skip"`` returns NaN rows for them and lists them in
+    ``stats.failed``.
+    """
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
+    start = time.perf_counter()
+    samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality)
+    store = open_store(backbone, cache_dir, dtype)
+    present = store.contains(samples.keys)
+    todo, queued = [], set()
+    for i in np.flatnonzero(~present):
+        if samples.keys[i] not in queued:
+            queued.add(samples.keys[i])
+            todo.append(int(i))
+
+    batch_size = batch_size or backbone.default_batch_size
+    chunk_size = chunk_size or max(batch_size * 8, 256)
+    failed: dict[str, str] = {}
+    meter = Progress(len(todo), f"embedding with {backbone.name}", progress)
+    if todo:
+        backbone.to(device)
+    for lo in range(0, len(todo), chunk_size):
+        chunk, items = [], []
+        for i in todo[lo:lo + chunk_size]:
+            try:
+                items.append(samples.load(i))
+                chunk.append(i)
+            except BadInputError as exc:
+                failed[samples.keys[i]] = str(exc)
+        if chunk:
+            vectors = check_output(backbone, backbone.embed_many(items, batch_size), len(chunk))
+            store.put([samples.keys[i] for i in chunk], vectors)
+        meter.update(len(todo[lo:lo + chunk_size]))
+
+    ok = np.fromiter((k not in failed for k in samples.keys), dtype=bool, count=len(samples))
+    vectors = np.full((len(samples), backbone.dim), np.nan, dtype=np.float32)
+    vectors[ok] = store.get([k for k, good in zip(samples.keys, ok) if good])
+    bad = [
+        msg if samples.names[i] in msg else f"{samples.names[i]}: same content as an unreadable sample ({msg})"
+        for i in np.flatnonzero(~ok) for msg in [failed[samples.keys[i]]]
+    ]
+    stats = ExtractStats(
+        backbone=backbone.name, store_key=store.path.name, samples=len(samples),
+        unique=len(set(samples.keys)), hits=int(present.sum()), embedded=len(todo) - len(failed),
+        seconds=time.perf_counter() - start, failed=bad,
+    )
+    if bad and errors == "raise":
+        listing = "\n  ".join(bad)
+        raise BadInputError(
+            f"{len(bad)} of {len(samples)} samples could not be read (the others are cached):\n  {listing}\n"
+            f"Fix or remove them, or pass errors='skip' to leave them out."
+        )
+    return Extraction(vectors, ok, stats)

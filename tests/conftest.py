@@ -1,0 +1,59 @@
+"""Shared fixtures: a counting backbone, a tiny image folder, an isolated cache directory."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import featx
+
+
+class CountingTextBackbone(featx.Backbone):
+    """Deterministic text embedding (a hash of the words) that counts every sample it embeds."""
+
+    modality = "text"
+
+    def __init__(self, dim: int = 8, salt: str = "v1") -> None:
+        self.name, self.dim, self.salt = "test/counting", dim, salt
+        self.calls = 0
+        self.embedded: list[str] = []
+
+    def fingerprint(self) -> str:
+        return featx.digest("test/counting", self.dim, self.salt)
+
+    def embed_batch(self, items):
+        self.calls += 1
+        self.embedded.extend(items)
+        rows = []
+        for text in items:
+            seed = int.from_bytes(hashlib.sha256((self.salt + text).encode()).digest()[:4], "little")
+            rows.append(np.random.default_rng(seed).standard_normal(self.dim))
+        return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.fixture
+def counting():
+    return CountingTextBackbone()
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """root/<class>/*.png: 'red' and 'blue' images, 6 each, visibly different colours."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for label, channel in (("red", 0), ("blue", 2)):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 60, size=(20, 20, 3), dtype=np.uint8)
+            pixels[..., channel] = rng.integers(180, 255, size=(20, 20), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root

@@ -1,0 +1,151 @@
+"""The cache is content-addressed: hits, misses, dedup and invalidation are counted exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import featx
+from featx.cache import EmbeddingCache
+from featx.errors import CacheError
+from featx.extract import extract
+
+from conftest import CountingTextBackbone
+
+
+def texts(n, start=0):
+    return [f"sample number {i}" for i in range(start, start + n)]
+
+
+def test_second_run_calls_backbone_not_at_all(counting, cache_dir):
+    first = extract(counting, texts(50), cache_dir=cache_dir, batch_size=16)
+    assert counting.calls == 4 and len(counting.embedded) == 50
+    assert (first.stats.hits, first.stats.embedded) == (0, 50)
+
+    again = extract(counting, texts(50), cache_dir=cache_dir, batch_size=16)
+    assert counting.calls == 4  # not called at all
+    assert (again.stats.hits, again.stats.embedded) == (50, 0)
+    np.testing.assert_array_equal(first.vectors, again.vectors)
+
+
+def test_adding_ten_samples_embeds_exactly_those_ten(counting, cache_dir):
+    extract(counting, texts(1000), cache_dir=cache_dir)
+    counting.embedded.clear()
+    result = extract(counting, texts(1000) + texts(10, start=1000), cache_dir=cache_dir)
+    assert sorted(counting.embedded) == sorted(texts(10, start=1000))
+    assert result.stats.hits == 1000 and result.stats.embedded == 10
+    assert result.vectors.shape == (1010, 8)
+
+
+def test_duplicates_within_and_across_datasets_are_embedded_once(counting, cache_dir):
+    result = extract(counting, ["a", "b", "a", "a"], cache_dir=cache_dir)
+    assert counting.embedded == ["a", "b"]
+    np.testing.assert_array_equal(result.vectors[0], result.vectors[2])
+    extract(counting, ["b", "c"], cache_dir=cache_dir)  # another "dataset" sharing "b"
+    assert counting.embedded == ["a", "b", "c"]
+
+
+def test_same_image_under_two_names_is_embedded_once(image_folder, tmp_path, cache_dir):
+    import shutil
+
+    from featx_colorhist import ColorHistogram
+
+    class Counting(ColorHistogram):
+        seen = 0
+
+        def embed_batch(self, items):
+            Counting.seen += len(items)
+            return super().embed_batch(items)
+
+    original = image_folder / "red" / "0.png"
+    copy = tmp_path / "renamed.png"
+    shutil.copy(original, copy)
+    result = extract(Counting(), [str(original), str(copy)], cache_dir=cache_dir)
+    assert Counting.seen == 1
+    np.testing.assert_array_equal(result.vectors[0], result.vectors[1])
+
+
+def test_pil_and_array_of_same_pixels_share_a_key(image_folder):
+    from PIL import Image
+
+    from featx.datasets import as_samples
+
+    im = Image.open(image_folder / "red" / "1.png")
+    s = as_samples([im, np.asarray(im.convert("RGB"))], "image")
+    assert s.keys[0] == s.keys[1]
+
+
+def test_changed_fingerprint_gets_new_vectors_never_stale(cache_dir):
+    old = CountingTextBackbone(salt="weights-1")
+    new = CountingTextBackbone(salt="weights-2")
+    a = extract(old, texts(5), cache_dir=cache_dir).vectors
+    b = extract(new, texts(5), cache_dir=cache_dir).vectors
+    assert new.calls == 1 and len(new.embedded) == 5
+    assert not np.allclose(a, b)
+    assert len(EmbeddingCache(cache_dir).stores()) == 2
+
+
+def test_float16_storage_is_a_separate_store(counting, cache_dir):
+    full = extract(counting, texts(4), cache_dir=cache_dir).vectors
+    half = extract(counting, texts(4), cache_dir=cache_dir, dtype="float16").vectors
+    assert counting.calls == 2
+    np.testing.assert_allclose(full, half, atol=1e-2)
+    assert {s.dtype for s in EmbeddingCache(cache_dir).stores()} == {"float32", "float16"}
+
+
+def test_each_chunk_is_its_own_committed_shard(counting, cache_dir):
+    extract(counting, texts(100), cache_dir=cache_dir, batch_size=10, chunk_size=30)
+    (store,) = EmbeddingCache(cache_dir).stores()
+    info = store.info()
+    assert (info.count, info.shards, info.dim) == (100, 4, 8)
+    assert not list(store.path.glob(".tmp-*"))
+
+
+def test_interrupted_run_keeps_committed_chunks_and_resumes(cache_dir):
+    class Dies(CountingTextBackbone):
+        def embed_batch(self, items):
+            if self.calls == 2:
+                raise RuntimeError("killed")
+            return super().embed_batch(items)
+
+    dying = Dies()
+    with pytest.raises(RuntimeError):
+        extract(dying, texts(100), cache_dir=cache_dir, batch_size=10, chunk_size=10)
+    survivor = CountingTextBackbone()
+    result = extract(survivor, texts(100), cache_dir=cache_dir, batch_size=10, chunk_size=10)
+    assert result.stats.hits == 20 and len(survivor.embedded) == 80
+    np.testing.assert_array_equal(result.vectors, extract(CountingTextBackbone(), texts(100), cache_dir=cache_dir / "x").vectors)
+
+
+def test_cache_dir_defaults_to_env_then_cwd(counting, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEATX_CACHE_DIR", raising=False)
+    extract(counting, ["x"])
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 1
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path / "elsewhere"))
+    extract(counting, ["x"])
+    assert len(list((tmp_path / "elsewhere").glob("*/meta.json"))) == 1
+
+
+def test_reads_back_in_any_order(counting, cache_dir):
+    data = texts(300)
+    base = extract(counting, data, cache_dir=cache_dir, chunk_size=64).vectors
+    order = np.random.default_rng(1).permutation(300)[:37]
+    again = extract(counting, [data[i] for i in order], cache_dir=cache_dir).vectors
+    np.testing.assert_array_equal(again, base[order])
+
+
+def test_unusable_cache_dir_gives_clear_error(counting, tmp_path):
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    with pytest.raises(CacheError, match="file.txt.*pass another cache_dir"):
+        extract(counting, ["x"], cache_dir=not_a_dir)
+
+
+def test_bad_backbone_output_names_the_backbone(cache_dir):
+    class Broken(CountingTextBackbone):
+        def embed_batch(self, items):
+            return np.zeros((len(items), self.dim + 1), dtype=np.float32)
+
+    with pytest.raises(featx.PluginError, match="test/counting.*shape"):
+        extract(Broken(), ["a"], cache_dir=cache_dir)
