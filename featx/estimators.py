@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones.base import Backbone
@@ -156,13 +157,17 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         return result.vectors
 
     def predict(self, X) -> np.ndarray:
-        return self.head_.predict(self._embed_for_predict(X))
+        Z = self._embed_for_predict(X)
+        return self.head_.predict(Z)
 
     def predict_proba(self, X) -> np.ndarray:
-        return self.head_.predict_proba(self._embed_for_predict(X))
+        Z = self._embed_for_predict(X)
+        return self.head_.predict_proba(Z)
 
+    @available_if(lambda self: hasattr(make_head(self.head, **(self.head_params or {})), "decision_function"))
     def decision_function(self, X) -> np.ndarray:
-        return self.head_.decision_function(self._embed_for_predict(X))
+        Z = self._embed_for_predict(X)
+        return self.head_.decision_function(Z)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

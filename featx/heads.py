@@ -1,79 +1,149 @@
-"""Classification heads trained on embeddings: named scikit-learn estimators with tuning grids.
+"""Classification heads trained on embeddings: scikit-learn estimators with tuning grids.
 
+Each head is a small estimator class that normalises its input the way its model expects, so
+it can be tuned with ``GridSearchCV`` directly on cached embeddings.
+
+>>> import numpy as np
 >>> from featx.heads import make_head
->>> make_head("logreg", C=0.5).get_params()["clf__C"]
-0.5
+>>> head = make_head("logreg", C=0.5).fit(np.eye(4), [0, 1, 0, 1])
+>>> head.predict(np.eye(4)).tolist()
+[0, 1, 0, 1]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import UnknownHeadError, did_you_mean
 
 
+class _Head(ClassifierMixin, BaseEstimator):
+    """Fits ``self._build()`` (a scikit-learn pipeline) and delegates predictions to it."""
+
+    def _build(self):
+        raise NotImplementedError
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        self.model_ = self._build().fit(X, y)
+        self.classes_ = self.model_.classes_
+        n_iter = getattr(self.model_[-1], "n_iter_", None)
+        if n_iter is not None:
+            self.n_iter_ = np.max(n_iter)
+        return self
+
+    def _checked(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False)
+
+    def predict(self, X):
+        X = self._checked(X)
+        return self.model_.predict(X)
+
+    def predict_proba(self, X):
+        X = self._checked(X)
+        return self.model_.predict_proba(X)
+
+    @available_if(lambda self: hasattr(self._build()[-1], "decision_function"))
+    def decision_function(self, X):
+        X = self._checked(X)
+        return self.model_.decision_function(X)
+
+
+class LinearProbe(_Head):
+    """L2-normalised features + multinomial logistic regression (the CLIP/DINOv2 linear probe)."""
+
+    def __init__(self, C: float = 1.0, class_weight=None, max_iter: int = 2000):
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+
+    def _build(self):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import Normalizer
+
+        return make_pipeline(Normalizer(), LogisticRegression(C=self.C, class_weight=self.class_weight,
+                                                              max_iter=self.max_iter))
+
+
+class SVMHead(_Head):
+    """Standardised features + a support vector machine (``kernel="linear"`` or ``"rbf"``)."""
+
+    def __init__(self, C: float = 1.0, kernel: str = "rbf", gamma="scale", class_weight=None):
+        self.C = C
+        self.kernel = kernel
+        self.gamma = gamma
+        self.class_weight = class_weight
+
+    def _build(self):
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
+
+        return make_pipeline(StandardScaler(), SVC(C=self.C, kernel=self.kernel, gamma=self.gamma, probability=True,
+                                                   class_weight=self.class_weight, random_state=0))
+
+
+class MLPHead(_Head):
+    """Standardised features + a one-hidden-layer perceptron."""
+
+    def __init__(self, hidden: int = 256, alpha: float = 1e-4, max_iter: int = 500, random_state: int = 0):
+        self.hidden = hidden
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _build(self):
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha,
+                                                             max_iter=self.max_iter, random_state=self.random_state))
+
+
+class KNNHead(_Head):
+    """L2-normalised features + k nearest neighbours (cosine similarity)."""
+
+    def __init__(self, n_neighbors: int = 5):
+        self.n_neighbors = n_neighbors
+
+    def _build(self):
+        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import Normalizer
+
+        return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=self.n_neighbors))
+
+
 @dataclass(frozen=True)
 class HeadSpec:
-    """A named head: a factory for the estimator and the grid a sweep tunes it over."""
+    """A named head: its estimator class and the grid a sweep tunes it over."""
 
-    factory: Callable[..., Any]
+    estimator: type
     grid: dict[str, list]
-    description: str
-
-
-def _logreg(C: float = 1.0, max_iter: int = 2000, class_weight=None):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import Normalizer
-
-    return Pipeline([("l2", Normalizer()),
-                     ("clf", LogisticRegression(C=C, max_iter=max_iter, class_weight=class_weight))])
-
-
-def _svm(C: float = 1.0, kernel: str = "rbf", gamma="scale", class_weight=None):
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-
-    return Pipeline([("scale", StandardScaler()),
-                     ("clf", SVC(C=C, kernel=kernel, gamma=gamma, probability=True,
-                                 class_weight=class_weight, random_state=0))])
-
-
-def _mlp(hidden: int = 256, alpha: float = 1e-4, max_iter: int = 500):
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return Pipeline([("scale", StandardScaler()),
-                     ("clf", MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha,
-                                           max_iter=max_iter, random_state=0))])
-
-
-def _knn(n_neighbors: int = 5):
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import Normalizer
-
-    return Pipeline([("l2", Normalizer()), ("clf", KNeighborsClassifier(n_neighbors=n_neighbors))])
 
 
 HEADS: dict[str, HeadSpec] = {
-    "logreg": HeadSpec(_logreg, {"clf__C": [0.01, 0.1, 1.0, 10.0, 100.0]},
-                       "L2-normalised features + logistic regression (the linear-probe protocol)"),
-    "svm": HeadSpec(_svm, {"clf__C": [0.1, 1.0, 10.0], "clf__kernel": ["linear", "rbf"]},
-                    "standardised features + support vector machine (linear or RBF)"),
-    "mlp": HeadSpec(_mlp, {"clf__alpha": [1e-4, 1e-2]},
-                    "standardised features + one-hidden-layer perceptron"),
-    "knn": HeadSpec(_knn, {"clf__n_neighbors": [1, 5, 15]},
-                    "L2-normalised features + k nearest neighbours (cosine)"),
+    "logreg": HeadSpec(LinearProbe, {"C": [0.01, 0.1, 1.0, 10.0, 100.0]}),
+    "svm": HeadSpec(SVMHead, {"C": [0.1, 1.0, 10.0], "kernel": ["linear", "rbf"]}),
+    "mlp": HeadSpec(MLPHead, {"alpha": [1e-4, 1e-2]}),
+    "knn": HeadSpec(KNNHead, {"n_neighbors": [1, 5, 15]}),
 }
 
 
 def make_head(head: Any = "logreg", **params: Any):
     """A fresh, unfitted head: a name from ``HEADS`` or a clone of any scikit-learn classifier."""
-    from sklearn.base import clone, is_classifier
+    from sklearn.base import clone
 
     if isinstance(head, str):
         if head not in HEADS:
@@ -81,12 +151,10 @@ def make_head(head: Any = "logreg", **params: Any):
                 f"unknown head {head!r}.{did_you_mean(head, HEADS)} Built-in heads: {', '.join(HEADS)}; "
                 f"or pass any scikit-learn classifier instance"
             )
-        return HEADS[head].factory(**params)
-    if is_classifier(head) or (hasattr(head, "fit") and hasattr(head, "predict")):
-        return clone(head).set_params(**params) if params else clone(head)
-    raise UnknownHeadError(
-        f"head {head!r} is neither a built-in name ({', '.join(HEADS)}) nor a scikit-learn classifier"
-    )
+        return HEADS[head].estimator(**params)
+    if hasattr(head, "fit") and hasattr(head, "predict") and hasattr(head, "get_params"):
+        return clone(head).set_params(**params)
+    raise UnknownHeadError(f"head {head!r} is neither a built-in name ({', '.join(HEADS)}) nor a scikit-learn classifier")
 
 
 def head_name(head: Any) -> str:

@@ -100,6 +100,11 @@ class Backbone:
             [self.embed_batch(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
         )
 
+    def __deepcopy__(self, memo) -> "Backbone":
+        """Backbones are shared, not copied: ``sklearn.clone`` of an estimator holding one reuses it
+        (its configuration is fixed at construction; copying would duplicate the weights)."""
+        return self
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} modality={self.modality} dim={self.dim}>"
 

@@ -1,0 +1,168 @@
+"""Embedder and TransferClassifier follow scikit-learn conventions and round-trip through save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import featx
+from featx.errors import BadInputError, UnknownHeadError
+from featx.heads import HEADS, make_head
+
+from conftest import CountingTextBackbone
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor"]
+
+
+def reviews(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        positive = i % 2 == 0
+        word = rng.choice(WORDS[:3] if positive else WORDS[3:])
+        texts.append(f"{word} {i}")
+        labels.append("pos" if positive else "neg")
+    return texts, labels
+
+
+class WordBackbone(CountingTextBackbone):
+    """Embeds the first word only, so labels are learnable from the embedding."""
+
+    def embed_batch(self, items):
+        self.calls += 1
+        self.embedded.extend(items)
+        return np.asarray([[float(t.split()[0] == w) for w in WORDS] + [0.0, 0.0] for t in items], dtype=np.float32)
+
+
+def _known_failures(estimator):
+    if type(estimator).__name__ == "SVMHead":  # libsvm needs writable arrays, as for sklearn's own SVC
+        return {"check_estimators_pickle": "libsvm cannot predict from read-only memmaps (the plain pickle variant passes)"}
+    return {}
+
+
+@parametrize_with_checks([make_head(name) for name in HEADS], expected_failed_checks=_known_failures)
+def test_heads_are_sklearn_estimators(estimator, check):
+    check(estimator)
+
+
+def test_embedder_in_pipeline_clone_and_grid_search(cache_dir):
+    backbone = WordBackbone()
+    X, y = reviews()
+    pipe = make_pipeline(featx.Embedder(backbone, cache_dir=cache_dir), LogisticRegression())
+    search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=3).fit(X, y)
+    assert search.best_score_ == 1.0
+    assert len(backbone.embedded) == len(set(X))  # every fold and candidate reused the cache
+    assert clone(pipe).get_params()["embedder__cache_dir"] == cache_dir
+
+
+def test_embedder_transform_shape_without_fit(cache_dir, counting):
+    Z = featx.Embedder(counting, cache_dir=cache_dir).transform(["a", "b", "c"])
+    assert Z.shape == (3, 8) and Z.dtype == np.float32
+
+
+def test_transfer_classifier_fit_predict_proba_score(cache_dir):
+    X, y = reviews()
+    clf = featx.TransferClassifier(WordBackbone(), head="logreg", cache_dir=cache_dir).fit(X, y)
+    assert list(clf.classes_) == ["neg", "pos"]
+    proba = clf.predict_proba(["great 99", "awful 98"])
+    assert proba.shape == (2, 2) and np.allclose(proba.sum(axis=1), 1)
+    assert list(clf.predict(["great 99", "awful 98"])) == ["pos", "neg"]
+    assert clf.score(X, y) == 1.0
+
+
+@pytest.mark.parametrize("head", ["logreg", "svm", "mlp", "knn", LogisticRegression(C=3.0)])
+def test_every_head_learns(head, cache_dir):
+    X, y = reviews()
+    clf = featx.TransferClassifier(WordBackbone(), head=head, cache_dir=cache_dir).fit(X, y)
+    assert clf.score(X, y) == 1.0
+
+
+def test_head_params_reach_the_head(cache_dir):
+    X, y = reviews()
+    clf = featx.TransferClassifier(WordBackbone(), head="logreg", head_params={"C": 0.25}, cache_dir=cache_dir).fit(X, y)
+    assert clf.head_.get_params()["C"] == 0.25
+
+
+def test_predict_before_fit_raises(cache_dir):
+    with pytest.raises(NotFittedError):
+        featx.TransferClassifier(WordBackbone(), cache_dir=cache_dir).predict(["good"])
+
+
+def test_unknown_head_suggests_names(cache_dir):
+    X, y = reviews()
+    with pytest.raises(UnknownHeadError, match="logreg"):
+        featx.TransferClassifier(WordBackbone(), head="logregg", cache_dir=cache_dir).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "X, y, message",
+    [
+        (["a", "b"], ["x"], "len\\(X\\) = 2 but len\\(y\\) = 1"),
+        (["a", "b"], ["x", None], "rows \\[1\\]"),
+        (["a", "b"], ["x", float("nan")], "rows \\[1\\]"),
+        (["a", "b"], ["x", "x"], "single class"),
+        (["a", 3], ["x", "y"], "sample 1 is int"),
+        (["a", "  "], ["x", "y"], "sample 1 is an empty text"),
+    ],
+)
+def test_bad_inputs_are_named(X, y, message, cache_dir):
+    with pytest.raises(BadInputError, match=message):
+        featx.TransferClassifier(WordBackbone(), cache_dir=cache_dir).fit(X, y)
+
+
+def test_images_for_a_text_backbone_are_refused(cache_dir, image_folder):
+    with pytest.raises(BadInputError, match="embeds text"):
+        featx.Embedder(CountingTextBackbone(), cache_dir=cache_dir).transform(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_save_load_round_trip(tmp_path, cache_dir, image_folder):
+    paths, labels = featx.datasets.load_image_folder(image_folder)
+    clf = featx.TransferClassifier("acme/colorhist", head="svm", backbone_options={"bins": 4}, cache_dir=cache_dir)
+    clf.fit(paths, labels)
+    path = featx.save(clf, tmp_path / "model.featx")
+    loaded = featx.load(path)
+    np.testing.assert_array_equal(loaded.predict(paths), clf.predict(paths))
+    np.testing.assert_array_equal(loaded.predict_proba(paths), clf.predict_proba(paths))
+    assert loaded.fingerprint_ == clf.fingerprint_ and loaded.backbone_name_ == "acme/colorhist"
+    import json
+    import zipfile
+
+    manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    assert manifest["backbone"] == "acme/colorhist" and manifest["fingerprint"] == clf.fingerprint_
+
+
+def test_load_refuses_a_changed_backbone(tmp_path, cache_dir, image_folder):
+    paths, labels = featx.datasets.load_image_folder(image_folder)
+    clf = featx.TransferClassifier("acme/colorhist", backbone_options={"bins": 4}, cache_dir=cache_dir).fit(paths, labels)
+    path = featx.save(clf, tmp_path / "model.featx")
+    with pytest.raises(BadInputError, match="fingerprint"):
+        featx.load(path, backbone=featx.create_backbone("acme/colorhist", bins=5))
+
+
+def test_load_refuses_untrusted_head(tmp_path, cache_dir, image_folder):
+    import zipfile
+
+    import skops.io as sio
+
+    paths, labels = featx.datasets.load_image_folder(image_folder)
+    clf = featx.TransferClassifier("acme/colorhist", cache_dir=cache_dir).fit(paths, labels)
+    path = featx.save(clf, tmp_path / "model.featx")
+    tampered = tmp_path / "tampered.featx"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        dst.writestr("manifest.json", src.read("manifest.json"))
+        dst.writestr("head.skops", sio.dumps(CountingTextBackbone()))  # a non-sklearn object
+    with pytest.raises(BadInputError, match="refusing to load"):
+        featx.load(tampered)
+
+
+def test_load_refuses_non_model_file(tmp_path):
+    bogus = tmp_path / "x.featx"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(BadInputError, match="not a featx model file"):
+        featx.load(bogus)
