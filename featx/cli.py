@@ -48,6 +48,20 @@ def _estimator_kwargs(args) -> dict:
                 batch_size=args.batch_size, device=args.device, errors=args.errors, progress=not args.quiet)
 
 
+def _dataset_for(args, backbone):
+    """Load ``args.data`` and check it holds what ``backbone`` embeds."""
+    from .datasets import load_dataset
+    from .errors import BadInputError
+
+    kind = "image" if Path(args.data).is_dir() else "text"
+    if kind != backbone.modality:
+        raise BadInputError(
+            f"{args.data!r} holds {kind}s but backbone {backbone.name!r} embeds {backbone.modality}s; "
+            f"choose a {kind} backbone (see `featx backbones`)"
+        )
+    return load_dataset(args.data, args.text_column, args.label_column)
+
+
 def cmd_backbones(args) -> int:
     from .registry import describe_backbones, list_backbones
 
@@ -63,12 +77,11 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .datasets import load_dataset
     from .estimators import resolve_backbone
     from .extract import extract
 
-    X, _ = load_dataset(args.data, args.text_column, args.label_column)
     backbone = resolve_backbone(args.backbone, dict(args.option) or None)
+    X, _ = _dataset_for(args, backbone)
     result = extract(backbone, X, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
                      errors=args.errors, progress=not args.quiet)
     s = result.stats
@@ -80,12 +93,12 @@ def cmd_extract(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .datasets import load_dataset
     from .estimators import TransferClassifier
     from .persist import save
 
-    X, y = load_dataset(args.data, args.text_column, args.label_column)
-    model = TransferClassifier(head=args.head, **_estimator_kwargs(args)).fit(X, y)
+    model = TransferClassifier(head=args.head, **_estimator_kwargs(args))
+    X, y = _dataset_for(args, model._backbone())
+    model.fit(X, y)
     save(model, args.out)
     print(f"fitted {args.head} on {len(model.classes_)} classes with {args.backbone}; saved {args.out}")
     return 0
@@ -97,13 +110,17 @@ def cmd_predict(args) -> int:
     from .datasets import list_images, load_text_table
     from .persist import load
 
-    model = load(args.model)
-    model.set_params(cache_dir=args.cache_dir or model.cache_dir, progress=not args.quiet)
+    model = load(args.model, cache_dir=args.cache_dir)
+    model.set_params(progress=not args.quiet)
     if Path(args.data).is_dir():
         X = list_images(args.data)
         names = X
     else:
         X, _ = load_text_table(args.data, args.text_column, None)
+    if (Path(args.data).is_dir()) != (model._backbone().modality == "image"):
+        from .errors import BadInputError
+
+        raise BadInputError(f"{args.data!r} does not hold what {model.backbone_name_!r} embeds ({model._backbone().modality})")
         names = [str(i) for i in range(len(X))]
     proba = model.predict_proba(X)
     labels = model.classes_[proba.argmax(axis=1)]

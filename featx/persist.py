@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import BadInputError
 
 FORMAT = "featx-model-v1"
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
+TRUSTED_PREFIXES = ("featx.heads.", "sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
 
 
 def save(model, path: str | os.PathLike) -> Path:
@@ -30,7 +30,8 @@ def save(model, path: str | os.PathLike) -> Path:
     from .backbones.base import Backbone
 
     check_is_fitted(model, "head_")
-    params = {k: v for k, v in model.get_params(deep=False).items() if k not in ("head",)}
+    # cache_dir is where *this* machine keeps embeddings; the loader picks its own
+    params = {k: v for k, v in model.get_params(deep=False).items() if k not in ("head", "cache_dir")}
     if isinstance(params["backbone"], Backbone):
         params["backbone"] = params["backbone"].name
     if not isinstance(model.head, str):
@@ -54,12 +55,12 @@ def save(model, path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, *, backbone=None):
+def load(path: str | os.PathLike, *, backbone=None, cache_dir=None):
     """Read a model written by ``save``; refuses files with untrusted content.
 
     The backbone is rebuilt from its recorded name and options and must have the recorded
     fingerprint (same weights and preprocessing), else the predictions would silently differ.
-    Pass ``backbone=`` (a name or instance) to supply it explicitly.
+    Pass ``backbone=`` (a name or instance) to supply it explicitly; ``cache_dir`` as for the estimators.
     """
     import skops.io as sio
 
@@ -83,7 +84,7 @@ def load(path: str | os.PathLike, *, backbone=None):
     refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
     if refused:
         raise BadInputError(
-            f"{str(path)!r} refers to types outside scikit-learn/numpy/scipy ({', '.join(refused)}); "
+            f"{str(path)!r} refers to types outside featx heads/scikit-learn/numpy/scipy ({', '.join(refused)}); "
             f"refusing to load it. Only load model files you trust after inspecting them with skops."
         )
     head = sio.loads(head_bytes, trusted=untrusted)
@@ -92,6 +93,7 @@ def load(path: str | os.PathLike, *, backbone=None):
     params["head"] = manifest["head"] if manifest["head"] is not None else head
     if backbone is not None:
         params["backbone"], params["backbone_options"] = backbone, None
+    params["cache_dir"] = cache_dir
     model = TransferClassifier(**params)
     built = resolve_backbone(model.backbone, model.backbone_options)
     if built.fingerprint() != manifest["fingerprint"]:

@@ -126,7 +126,7 @@ def test_save_load_round_trip(tmp_path, cache_dir, image_folder):
     clf = featx.TransferClassifier("acme/colorhist", head="svm", backbone_options={"bins": 4}, cache_dir=cache_dir)
     clf.fit(paths, labels)
     path = featx.save(clf, tmp_path / "model.featx")
-    loaded = featx.load(path)
+    loaded = featx.load(path, cache_dir=cache_dir)
     np.testing.assert_array_equal(loaded.predict(paths), clf.predict(paths))
     np.testing.assert_array_equal(loaded.predict_proba(paths), clf.predict_proba(paths))
     assert loaded.fingerprint_ == clf.fingerprint_ and loaded.backbone_name_ == "acme/colorhist"

@@ -1,0 +1,234 @@
+"""Built-in plugin: any timm model as ``"timm/<model name>"``.
+
+>>> import featx
+>>> b = featx.create_backbone("timm/resnet18", image_size=64)
+>>> b.dim, b.modality
+(512, 'image')
+
+Options: ``pretrained`` / ``weights`` (a local state_dict file: .pth/.pt/.bin/.safetensors; nothing is
+downloaded), ``pooling`` (timm's ``global_pool``: ``"avg"``, ``"max"``, ``"avgmax"``, ``"token"`` for
+ViTs; default the model's own), ``layers`` (feature-stage indices such as ``[-1, -2]``: every listed
+stage is pooled and concatenated, all from one forward pass), ``image_size``, ``precision``.
+Without weights the model is randomly initialised with a fixed seed, and the fingerprint says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BadInputError, UnknownBackboneError, did_you_mean
+from ..hookspecs import hookimpl
+from .base import TorchBackbone, digest, file_digest
+
+ADAPTER_VERSION = 1
+INIT_SEED = 0
+LAYER_POOLINGS = ("avg", "max", "avgmax")
+
+
+def _spec_memo_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "featx" / "timm-specs"
+
+
+class TimmBackbone(TorchBackbone):
+    """A timm image model; cheap to construct (dim and preprocessing are memoised on disk)."""
+
+    modality = "image"
+    default_batch_size = 16
+
+    def __init__(self, model_name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                 pooling: str | None = None, layers: Sequence[int] | None = None, image_size: int | None = None,
+                 device: str = "auto", precision: str = "fp32") -> None:
+        super().__init__(device=device, precision=precision)
+        if pretrained and weights is None:
+            raise BadInputError(
+                f"timm/{model_name}: pretrained=True needs weights=<local state_dict file> (weights are never "
+                f"downloaded), or a plugin backbone that ships them (see `featx backbones`)"
+            )
+        if weights is not None and not Path(weights).is_file():
+            raise BadInputError(f"timm/{model_name}: weights file {str(weights)!r} does not exist")
+        if layers is not None and (pooling or "avg") not in LAYER_POOLINGS:
+            raise BadInputError(f"timm/{model_name}: with layers=, pooling must be one of {LAYER_POOLINGS}")
+        if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+            raise BadInputError(f"timm/{model_name}: image_size={image_size!r} must be an int >= 8")
+        self.model_name = model_name
+        self.name = f"timm/{model_name}"
+        self.weights = None if weights is None else str(weights)
+        self.pooling = pooling
+        self.layers = None if layers is None else [int(i) for i in layers]
+        self.image_size = image_size
+        self._spec_cache: dict | None = None
+        self._transform = None
+
+    # -- cheap description: dim, views, preprocessing ------------------------------------------
+    def _spec(self) -> dict:
+        if self._spec_cache is None:
+            key = digest(ADAPTER_VERSION, version("timm"), self.model_name, self.pooling, self.layers, self.image_size)
+            memo = _spec_memo_dir() / f"{key}.json"
+            try:
+                self._spec_cache = json.loads(memo.read_text())
+            except (OSError, ValueError):
+                self._spec_cache = self._compute_spec()
+                try:
+                    memo.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(self._spec_cache))
+                    os.replace(tmp, memo)
+                except OSError:
+                    pass  # the memo only saves time
+        return self._spec_cache
+
+    def _create(self, **kwargs):
+        import timm
+
+        extra = {"global_pool": self.pooling} if self.pooling and self.layers is None else {}
+        return timm.create_model(self.model_name, pretrained=False, num_classes=0, **extra, **kwargs)
+
+    def _compute_spec(self) -> dict:
+        import timm
+        import torch
+        from timm.data import resolve_model_data_config
+
+        if not timm.is_model(self.model_name):
+            raise UnknownBackboneError(
+                f"unknown timm model {self.model_name!r}.{did_you_mean(self.model_name, timm.list_models())} "
+                f"List them with `featx backbones 'timm/*PATTERN*'`"
+            )
+        with torch.device("meta"):
+            model = self._create()
+            config = resolve_model_data_config(model)
+            if self.image_size is not None:
+                config["input_size"] = (3, self.image_size, self.image_size)
+            if self.layers is None:
+                widths = {"features": model.num_features}
+            else:
+                x = torch.empty(1, *config["input_size"])
+                stages = self._stages(model)
+                maps = model.forward_intermediates(x, indices=stages, intermediates_only=True)
+                widths = {f"stage{s}": int(m.shape[1]) for s, m in zip(stages, maps)}
+        return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, "widths": widths}
+
+    def _stages(self, model) -> list[int]:
+        """The requested feature stages as sorted non-negative indices (timm returns them in depth order)."""
+        n = len(model.feature_info)
+        bad = [i for i in self.layers if not -n <= i < n]
+        if bad or not self.layers:
+            raise BadInputError(f"{self.name}: layers={self.layers} but the model has {n} feature stages (use -{n}..{n - 1})")
+        return sorted({i % n for i in self.layers})
+
+    @property
+    def dim(self) -> int:
+        return sum(self._spec()["widths"].values())
+
+    @property
+    def views(self) -> dict[str, slice]:
+        views, start = {}, 0
+        for view, width in self._spec()["widths"].items():
+            views[view] = slice(start, start + width)
+            start += width
+        return views
+
+    @property
+    def data_config(self) -> dict:
+        """timm's resolved preprocessing (input size, interpolation, mean/std, crop): part of the fingerprint."""
+        return dict(self._spec()["config"])
+
+    def fingerprint(self) -> str:
+        weights = f"file:{file_digest(self.weights)}" if self.weights else f"random-init:seed={INIT_SEED}:timm={version('timm')}"
+        return digest("timm", ADAPTER_VERSION, self.model_name, weights, self.data_config, self.pooling,
+                      self.layers, self.precision)
+
+    # -- the model --------------------------------------------------------------------------------
+    def read_state_dict(self, path: str) -> dict:
+        """Tensors from a local weights file; override to rename keys of a foreign checkpoint."""
+        import torch
+
+        try:
+            if path.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return load_file(path)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise BadInputError(f"{self.name}: cannot read weights file {path!r} ({exc})") from None
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+
+    def build_model(self):
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            model = self._create()
+        if self.weights:
+            state = self.read_state_dict(self.weights)
+            head = set(model.state_dict()) ^ set(state)
+            result = model.load_state_dict(state, strict=False)
+            missing = [k for k in result.missing_keys if k in head]
+            if missing:
+                raise BadInputError(
+                    f"{self.name}: weights file {self.weights!r} lacks {len(missing)} tensors of this model "
+                    f"(e.g. {missing[:3]}); is it for another architecture?"
+                )
+        return model
+
+    def transform(self):
+        """The eval transform (resize, centre crop, normalise) built from ``data_config``."""
+        if self._transform is None:
+            from timm.data import create_transform
+
+            config = self.data_config
+            config["input_size"] = tuple(config["input_size"])
+            self._transform = create_transform(**config, is_training=False)
+        return self._transform
+
+    def forward(self, batch):
+        model = self.model
+        if self.layers is None:
+            return model.forward_head(model.forward_features(batch), pre_logits=True)
+        stages = self._stages(model)
+        maps = model.forward_intermediates(batch, indices=stages, intermediates_only=True)
+        return __import__("torch").cat([_pool(m, self.pooling or "avg") for m in maps], dim=1)
+
+    def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        transform = self.transform()
+        batch = torch.stack([transform(image) for image in items])
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        return self.run(batch)
+
+
+def _pool(feature_map, pooling: str):
+    avg = feature_map.mean(dim=(2, 3))
+    if pooling == "avg":
+        return avg
+    peak = feature_map.amax(dim=(2, 3))
+    return peak if pooling == "max" else 0.5 * (avg + peak)
+
+
+def timm_factory(rest: str, **options: Any) -> TimmBackbone:
+    """``timm/<rest>`` → ``TimmBackbone(rest, **options)``."""
+    return TimmBackbone(rest, **options)
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+timm_factory.names = _timm_names
+
+
+@hookimpl
+def featx_register_backbones(register):
+    register("timm/*", timm_factory, description="any timm image model (random init unless weights= a local file)")
