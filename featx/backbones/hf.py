@@ -85,7 +85,9 @@ class HFBackbone(TorchBackbone):
 
     def build_model(self):
         from transformers import AutoModel
+        from transformers.utils import logging
 
+        logging.disable_progress_bar()  # featx reports its own progress
         return AutoModel.from_pretrained(self.model_dir, local_files_only=True)
 
     def forward(self, input_ids, attention_mask):
@@ -118,7 +120,7 @@ class HFBackbone(TorchBackbone):
             for row, i in enumerate(idx):
                 ids[row, :len(encoded[i])] = torch.as_tensor(encoded[i])
                 mask[row, :len(encoded[i])] = 1
-            out[idx] = self.run(ids.to(self.device), mask.to(self.device))
+            out[idx] = self.run(ids, mask)
         return out
 
     def embed_batch(self, items: Sequence[str]) -> np.ndarray:

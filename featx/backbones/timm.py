@@ -199,12 +199,7 @@ class TimmBackbone(TorchBackbone):
         import torch
 
         transform = self.transform()
-        batch = torch.stack([transform(image) for image in items])
-        if self.device.startswith("cuda"):
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        else:
-            batch = batch.to(self.device)
-        return self.run(batch)
+        return self.run(torch.stack([transform(image) for image in items]))
 
 
 def _pool(feature_map, pooling: str):
