@@ -1,0 +1,124 @@
+"""timm adapter: shapes, eval mode, layers from one pass, fingerprints that track every output change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import featx
+from featx.backbones.timm import TimmBackbone
+from featx.errors import BadInputError, UnknownBackboneError
+
+MODEL = "test_efficientnet"  # a tiny timm model with BatchNorm
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(5)]
+
+
+def backbone(**options):
+    return featx.create_backbone(f"timm/{MODEL}", **{"image_size": 64, **options})
+
+
+def test_shape_dtype_and_determinism_across_instances(images):
+    a, b = backbone(), backbone()
+    Za, Zb = a.embed_batch(images), b.embed_batch(images)
+    assert Za.shape == (5, a.dim) and Za.dtype == np.float32 and a.dim == a.model.num_features
+    np.testing.assert_array_equal(Za, Zb)  # fixed-seed random init
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_eval_mode_gives_batch_size_invariant_features(images):
+    b = backbone()
+    together = b.embed_batch(images)
+    alone = np.concatenate([b.embed_batch([im]) for im in images])
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+    b.model.train()  # even if someone flips the model to training mode, BatchNorm stays in eval
+    np.testing.assert_allclose(b.embed_batch(images[:1]), alone[:1], rtol=1e-4, atol=1e-5)
+    assert not b.model.training
+
+
+def test_layers_from_one_forward_pass_equal_single_layer_runs(images):
+    both = backbone(layers=[-1, -2])
+    last, second = backbone(layers=[-1]), backbone(layers=[-2])
+    Z = both.embed_batch(images)
+    views = both.views
+    assert list(views) == [f"stage{i}" for i in sorted(int(k[5:]) for k in views)]
+    assert Z.shape[1] == both.dim == last.dim + second.dim
+    np.testing.assert_allclose(Z[:, views[next(iter(views))]], second.embed_batch(images), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Z[:, list(views.values())[-1]], last.embed_batch(images), rtol=1e-5, atol=1e-6)
+
+
+def test_forward_is_counted_once_for_several_layers(images):
+    b = backbone(layers=[-1, -2, -3])
+    calls = []
+    b.model.register_forward_hook(lambda *a: None)
+    original = b.model.forward_intermediates
+    b.model.forward_intermediates = lambda *a, **k: calls.append(1) or original(*a, **k)
+    b.embed_batch(images)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("change", [{"pooling": "max"}, {"layers": [-1]}, {"image_size": 72}, {"precision": "bf16"}])
+def test_fingerprint_changes_with_every_output_option(change):
+    assert backbone(**change).fingerprint() != backbone().fingerprint()
+
+
+def test_fingerprint_tracks_weights_file_content(tmp_path):
+    reference = backbone()
+    path = tmp_path / "w.pth"
+    torch.save(reference.model.state_dict(), path)
+    from_file = backbone(weights=str(path))
+    assert from_file.fingerprint() != reference.fingerprint()  # file weights vs random init
+    same = from_file.fingerprint()
+    state = reference.model.state_dict()
+    state[next(k for k in state if k.endswith("weight"))] += 1.0
+    torch.save(state, path)
+    assert backbone(weights=str(path)).fingerprint() != same
+
+
+def test_weights_file_is_loaded(tmp_path, images):
+    donor = backbone()
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in donor.model.state_dict().items()}
+    torch.save(state, tmp_path / "w.pth")
+    loaded = backbone(weights=str(tmp_path / "w.pth"))
+    assert torch.equal(loaded.model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+    assert not np.allclose(loaded.embed_batch(images), donor.embed_batch(images))
+
+
+def test_vit_token_pooling(images):
+    vit = featx.create_backbone("timm/test_vit", pooling="token")
+    avg = featx.create_backbone("timm/test_vit", pooling="avg")
+    Zt, Za = vit.embed_batch(images[:2]), avg.embed_batch(images[:2])
+    assert Zt.shape == Za.shape == (2, vit.dim)
+    assert not np.allclose(Zt, Za)
+
+
+def test_construction_is_cheap_and_lazy():
+    b = backbone(layers=[-1])
+    b.fingerprint()
+    assert b._model is None  # no weights loaded until the first embedding
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(UnknownBackboneError, match="resnet18"):
+        featx.create_backbone("timm/resnet18x").dim
+    with pytest.raises(BadInputError, match="weights=<local state_dict file>"):
+        featx.create_backbone("timm/resnet18", pretrained=True)
+    with pytest.raises(BadInputError, match="does not exist"):
+        featx.create_backbone("timm/resnet18", weights=tmp_path / "missing.pth")
+    with pytest.raises(BadInputError, match="feature stages"):
+        backbone(layers=[-40]).dim
+    bad = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, bad)
+    with pytest.raises(BadInputError, match="lacks"):
+        backbone(weights=str(bad)).model
+
+
+def test_timm_namespace_lists_models():
+    names = featx.list_backbones("timm/resnet1*")
+    assert "timm/resnet18" in names and all(n.startswith("timm/resnet1") for n in names)
