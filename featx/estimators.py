@@ -52,7 +52,8 @@ class _Embeds:
     def _extract(self, X) -> Extraction:
         result = extract(
             self._backbone(), X, cache_dir=self.cache_dir, batch_size=self.batch_size,
-            device=self.device, dtype=self.cache_dtype, errors=self.errors, progress=self.progress,
+            device=self.device, dtype=self.cache_dtype, num_workers=self.num_workers, errors=self.errors,
+            progress=self.progress,
         )
         self.last_extraction_ = result.stats
         return result
@@ -72,13 +73,14 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str | Backbone = "timm/resnet18", *, backbone_options: dict | None = None,
-                 cache_dir=None, batch_size: int | None = None, device: str = "auto",
+                 cache_dir=None, batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.backbone_options = backbone_options
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.device = device
+        self.num_workers = num_workers
         self.cache_dtype = cache_dtype
         self.errors = errors
         self.progress = progress
@@ -115,8 +117,8 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
 
     def __init__(self, backbone: str | Backbone = "timm/resnet18", head: Any = "logreg", *,
                  head_params: dict | None = None, backbone_options: dict | None = None, cache_dir=None,
-                 batch_size: int | None = None, device: str = "auto", cache_dtype: str = "float32",
-                 errors: str = "raise", progress: bool = False) -> None:
+                 batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
+                 cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.head = head
         self.head_params = head_params
@@ -124,6 +126,7 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.device = device
+        self.num_workers = num_workers
         self.cache_dtype = cache_dtype
         self.errors = errors
         self.progress = progress

@@ -73,6 +73,48 @@ def check_output(backbone: Backbone, out: Any, n: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def _as_is(x):
+    return x
+
+
+class _Decode:
+    """Picklable per-sample work for DataLoader workers: load, then the backbone's preprocess."""
+
+    def __init__(self, samples: Samples, indices: list[int], preprocess) -> None:
+        self.samples, self.indices, self.preprocess = samples, indices, preprocess
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = self.indices[k]
+        try:
+            return i, self.preprocess(self.samples.load(i)), None
+        except BadInputError as exc:
+            return i, None, str(exc)
+
+
+def _load(samples: Samples, indices: list[int], backbone: Backbone, num_workers: int,
+          failed: dict[str, str]) -> tuple[list[int], list]:
+    """Decode ``indices`` (recording failures by key); returns the good indices and their items."""
+    preprocess = getattr(backbone, "preprocess", None) if num_workers > 0 else None
+    work = _Decode(samples, indices, preprocess or _as_is)
+    if num_workers > 0 and samples.modality == "image":
+        from torch.utils.data import DataLoader
+
+        results = list(DataLoader(work, batch_size=None, num_workers=num_workers, collate_fn=_as_is))
+    else:
+        results = [work[k] for k in range(len(work))]
+    good, items = [], []
+    for i, item, error in results:
+        if error is None:
+            good.append(i)
+            items.append(item)
+        else:
+            failed[samples.keys[i]] = error
+    return good, items
+
+
 def open_store(backbone: Backbone, cache_dir=None, dtype: str = "float32") -> Store:
     """The cache store holding ``backbone``'s embeddings."""
     return EmbeddingCache(cache_dir).store(
@@ -89,6 +131,7 @@ def extract(
     device: str = "auto",
     dtype: str = "float32",
     chunk_size: int | None = None,
+    num_workers: int = 0,
     errors: str = "raise",
     progress: bool = False,
 ) -> Extraction:
@@ -96,7 +139,9 @@ def extract(
 
     ``errors="raise"`` (default) commits every healthy sample, then raises one ``BadInputError``
     listing every unreadable one; ``errors="skip"`` returns NaN rows for them and lists them in
-    ``stats.failed``.
+    ``stats.failed``.  ``num_workers > 0`` decodes (and, for backbones with a ``preprocess``
+    method, preprocesses) images in that many DataLoader worker processes — worth it beside a GPU,
+    slower on a 2-core CPU.
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
@@ -117,13 +162,7 @@ def extract(
     if todo:
         backbone.to(device)
     for lo in range(0, len(todo), chunk_size):
-        chunk, items = [], []
-        for i in todo[lo:lo + chunk_size]:
-            try:
-                items.append(samples.load(i))
-                chunk.append(i)
-            except BadInputError as exc:
-                failed[samples.keys[i]] = str(exc)
+        chunk, items = _load(samples, todo[lo:lo + chunk_size], backbone, num_workers, failed)
         if chunk:
             vectors = check_output(backbone, backbone.embed_many(items, batch_size), len(chunk))
             store.put([samples.keys[i] for i in chunk], vectors)

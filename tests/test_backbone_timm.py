@@ -122,3 +122,11 @@ def test_errors_name_the_problem(tmp_path):
 def test_timm_namespace_lists_models():
     names = featx.list_backbones("timm/resnet1*")
     assert "timm/resnet18" in names and all(n.startswith("timm/resnet1") for n in names)
+
+
+def test_dataloader_workers_give_the_same_vectors(image_folder, tmp_path):
+    paths, _ = featx.datasets.load_image_folder(image_folder)
+    serial = featx.Embedder(f"timm/{MODEL}", backbone_options={"image_size": 64}, cache_dir=tmp_path / "a").transform(paths)
+    workers = featx.Embedder(f"timm/{MODEL}", backbone_options={"image_size": 64}, cache_dir=tmp_path / "b",
+                             num_workers=2, batch_size=4).transform(paths)
+    np.testing.assert_allclose(workers, serial, rtol=1e-5, atol=1e-6)

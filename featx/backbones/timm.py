@@ -195,11 +195,15 @@ class TimmBackbone(TorchBackbone):
         maps = model.forward_intermediates(batch, indices=stages, intermediates_only=True)
         return __import__("torch").cat([_pool(m, self.pooling or "avg") for m in maps], dim=1)
 
+    def preprocess(self, image):
+        """One RGB PIL image → the normalised tensor the model takes (runs in DataLoader workers)."""
+        return self.transform()(image)
+
     def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
+        """Embed RGB PIL images, or tensors already made by ``preprocess``."""
         import torch
 
-        transform = self.transform()
-        return self.run(torch.stack([transform(image) for image in items]))
+        return self.run(torch.stack([x if isinstance(x, torch.Tensor) else self.preprocess(x) for x in items]))
 
 
 def _pool(feature_map, pooling: str):
