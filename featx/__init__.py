@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Backbone": "backbones.base", "TorchBackbone": "backbones.base", "digest": "backbones.base",
     "file_digest": "backbones.base", "EmbeddingCache": "cache", "Embedder": "estimators",
-    "TransferClassifier": "estimators", "extract": "extract", "hookimpl": "hookspecs",
-    "load": "persist", "save": "persist", "create_backbone": "registry", "list_backbones": "registry",
+    "TransferClassifier": "estimators", "extract": "extraction", "hookimpl": "hookspecs",
+    "finetune": "finetuning", "FineTunedClassifier": "finetuning", "load": "persist", "save": "persist", "create_backbone": "registry", "list_backbones": "registry",
     "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors", "PluginError": "errors",
     "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
 }

@@ -78,7 +78,7 @@ def cmd_backbones(args) -> int:
 
 def cmd_extract(args) -> int:
     from .estimators import resolve_backbone
-    from .extract import extract
+    from .extraction import extract
 
     backbone = resolve_backbone(args.backbone, dict(args.option) or None)
     X, _ = _dataset_for(args, backbone)

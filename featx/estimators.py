@@ -17,7 +17,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones.base import Backbone
-from .extract import Extraction, extract
+from .extraction import Extraction, extract
 from .heads import make_head
 
 _shared: dict[str, Backbone] = {}

@@ -1,8 +1,9 @@
 """Save and load fitted featx models without pickle.
 
 A model file is a zip archive: ``manifest.json`` (featx version, estimator parameters, backbone
-name and fingerprint, classes) and ``head.skops`` (the scikit-learn head in skops' safe format,
-loaded with only scikit-learn/numpy/scipy types trusted).
+name and fingerprint, classes) and either ``head.skops`` (a ``TransferClassifier``'s head in skops'
+safe format, loaded with only featx-head/scikit-learn/numpy/scipy types trusted) or
+``weights.safetensors`` (a ``FineTunedClassifier``'s network).
 
 >>> import featx                                             # doctest: +SKIP
 >>> featx.save(clf, "model.featx"); featx.load("model.featx").predict(X)  # doctest: +SKIP
@@ -21,14 +22,25 @@ FORMAT = "featx-model-v1"
 TRUSTED_PREFIXES = ("featx.heads.", "sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
 
 
+def _write(path: Path, files: dict[str, bytes]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    os.replace(tmp, path)
+    return path
+
+
 def save(model, path: str | os.PathLike) -> Path:
-    """Write a fitted ``TransferClassifier`` to ``path`` (written atomically)."""
+    """Write a fitted ``TransferClassifier`` or ``FineTunedClassifier`` to ``path`` (atomically)."""
     import skops.io as sio
     from sklearn.utils.validation import check_is_fitted
 
     from . import __version__
     from .backbones.base import Backbone
 
+    if type(model).__name__ == "FineTunedClassifier":
+        return _save_finetuned(model, Path(path))
     check_is_fitted(model, "head_")
     # cache_dir is where *this* machine keeps embeddings; the loader picks its own
     params = {k: v for k, v in model.get_params(deep=False).items() if k not in ("head", "cache_dir")}
@@ -46,13 +58,48 @@ def save(model, path: str | os.PathLike) -> Path:
         json.dumps(manifest)
     except TypeError as exc:
         raise BadInputError(f"cannot save {type(model).__name__}: a parameter is not JSON-serialisable ({exc})") from None
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("manifest.json", json.dumps(manifest, indent=2))
-        z.writestr("head.skops", sio.dumps(model.head_))
-    os.replace(tmp, path)
-    return path
+    return _write(Path(path), {"manifest.json": json.dumps(manifest, indent=2).encode(), "head.skops": sio.dumps(model.head_)})
+
+
+def _save_finetuned(model, path: Path) -> Path:
+    from safetensors.torch import save as to_safetensors
+    from sklearn.utils.validation import check_is_fitted
+
+    from . import __version__
+
+    check_is_fitted(model, "network_")
+    manifest = {
+        "format": FORMAT, "featx_version": __version__, "estimator": "FineTunedClassifier",
+        "params": {k: v for k, v in model.get_params(deep=False).items() if k != "cache_dir"},
+        "backbone": model.backbone_name_, "fingerprint": model.fingerprint_, "classes": model.classes_.tolist(),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.network_.state_dict().items()}
+    return _write(path, {"manifest.json": json.dumps(manifest, indent=2).encode(), "weights.safetensors": to_safetensors(state)})
+
+
+def _load_finetuned(path: Path, manifest: dict, weights: bytes, cache_dir):
+    import numpy as np
+    from safetensors.torch import load as from_safetensors
+
+    from .finetuning import FineTunedClassifier, _network, _new_backbone
+
+    params = manifest["params"]
+    try:
+        state = from_safetensors(weights)
+    except Exception as exc:
+        raise BadInputError(f"{str(path)!r}: the weights are damaged ({exc})") from None
+    backbone = _new_backbone(params["backbone"], params["backbone_options"])
+    network = _network(backbone, len(manifest["classes"]))
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BadInputError(f"{str(path)!r}: weights do not fit {params['backbone']!r} ({str(exc)[:200]})") from None
+    model = FineTunedClassifier(**{**params, "cache_dir": cache_dir})
+    model._set_state(network, backbone, np.asarray(manifest["classes"]))
+    if model.fingerprint_ != manifest["fingerprint"]:
+        raise BadInputError(f"{str(path)!r}: the weights do not match the recorded fingerprint (file tampered or "
+                            f"base backbone {params['backbone']!r} changed)")
+    return model
 
 
 def load(path: str | os.PathLike, *, backbone=None, cache_dir=None):
@@ -70,10 +117,12 @@ def load(path: str | os.PathLike, *, backbone=None, cache_dir=None):
     try:
         with zipfile.ZipFile(path) as z:
             manifest = json.loads(z.read("manifest.json"))
+            if manifest.get("estimator") == "FineTunedClassifier" and manifest.get("format") == FORMAT:
+                return _load_finetuned(path, manifest, z.read("weights.safetensors"), cache_dir)
             head_bytes = z.read("head.skops")
     except FileNotFoundError:
         raise BadInputError(f"model file {str(path)!r} does not exist") from None
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+    except (zipfile.BadZipFile, KeyError, ValueError, AttributeError) as exc:
         raise BadInputError(f"{str(path)!r} is not a featx model file ({exc})") from None
     if manifest.get("format") != FORMAT or manifest.get("estimator") != "TransferClassifier":
         raise BadInputError(f"{str(path)!r}: unsupported model format {manifest.get('format')!r}")

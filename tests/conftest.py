@@ -57,3 +57,22 @@ def image_folder(tmp_path):
             pixels[..., channel] = rng.integers(180, 255, size=(20, 20), dtype=np.uint8)
             Image.fromarray(pixels).save(root / label / f"{i}.png")
     return root
+
+
+WORDS = "the a cat dog sat on mat stock market fell rose sharply today quietly house big small".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny random BERT + word-level tokenizer saved with save_pretrained (loaded like any local model)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS))
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    return path

@@ -8,35 +8,17 @@ import pytest
 import featx
 from featx.errors import UnknownBackboneError
 
-WORDS = "the a cat dog sat on mat stock market fell rose sharply today quietly house big small".split()
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS))
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
-    return path
-
-
 TEXTS = ["the cat sat", "a dog sat on the big mat today", "stock market fell", "house", "the small dog rose quietly"]
 
 
-def test_shape_and_values_match_a_plain_transformers_forward(bert_dir):
+def test_shape_and_values_match_a_plain_transformers_forward(tiny_bert_dir):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    b = featx.create_backbone(f"hf/{bert_dir}")
+    b = featx.create_backbone(f"hf/{tiny_bert_dir}")
     Z = b.embed_many(TEXTS, batch_size=2)
     assert Z.shape == (5, 32) and Z.dtype == np.float32
-    tok, model = AutoTokenizer.from_pretrained(bert_dir), AutoModel.from_pretrained(bert_dir).eval()
+    tok, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
     for text, row in zip(TEXTS, Z):
         enc = tok(text, return_tensors="pt")
         with torch.no_grad():
@@ -44,15 +26,15 @@ def test_shape_and_values_match_a_plain_transformers_forward(bert_dir):
         np.testing.assert_allclose(row, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_length_sorted_batches_equal_one_at_a_time(bert_dir):
-    b = featx.create_backbone(f"hf/{bert_dir}")
+def test_length_sorted_batches_equal_one_at_a_time(tiny_bert_dir):
+    b = featx.create_backbone(f"hf/{tiny_bert_dir}")
     batched = b.embed_many(TEXTS, batch_size=3)
     alone = np.concatenate([b.embed_many([t], batch_size=1) for t in TEXTS])
     np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-5)
 
 
-def test_batches_are_sorted_by_token_length(bert_dir):
-    b = featx.create_backbone(f"hf/{bert_dir}")
+def test_batches_are_sorted_by_token_length(tiny_bert_dir):
+    b = featx.create_backbone(f"hf/{tiny_bert_dir}")
     widths = []
     original = b.forward
     b.forward = lambda ids, mask: widths.append(ids.shape[1]) or original(ids, mask)
@@ -60,35 +42,35 @@ def test_batches_are_sorted_by_token_length(bert_dir):
     assert widths == sorted(widths, reverse=True) and len(widths) == 3
 
 
-def test_cls_pooling_layers_normalize(bert_dir):
-    cls = featx.create_backbone(f"hf/{bert_dir}", pooling="cls")
-    mean = featx.create_backbone(f"hf/{bert_dir}")
+def test_cls_pooling_layers_normalize(tiny_bert_dir):
+    cls = featx.create_backbone(f"hf/{tiny_bert_dir}", pooling="cls")
+    mean = featx.create_backbone(f"hf/{tiny_bert_dir}")
     assert not np.allclose(cls.embed_many(TEXTS, 8), mean.embed_many(TEXTS, 8))
-    layered = featx.create_backbone(f"hf/{bert_dir}", layers=[-1, -2], normalize=True)
+    layered = featx.create_backbone(f"hf/{tiny_bert_dir}", layers=[-1, -2], normalize=True)
     Z = layered.embed_many(TEXTS, 8)
     assert Z.shape == (5, 64) and list(layered.views) == ["layer-1", "layer-2"]
     np.testing.assert_allclose(np.linalg.norm(Z[:, layered.views["layer-1"]], axis=1), 1.0, rtol=1e-5)
-    last = featx.create_backbone(f"hf/{bert_dir}", normalize=True).embed_many(TEXTS, 8)
+    last = featx.create_backbone(f"hf/{tiny_bert_dir}", normalize=True).embed_many(TEXTS, 8)
     np.testing.assert_allclose(Z[:, :32], last, rtol=1e-4, atol=1e-5)
 
 
-def test_truncation_by_max_length(bert_dir):
+def test_truncation_by_max_length(tiny_bert_dir):
     long_text = " ".join(["cat"] * 200)
-    short = featx.create_backbone(f"hf/{bert_dir}", max_length=8)
+    short = featx.create_backbone(f"hf/{tiny_bert_dir}", max_length=8)
     assert short.embed_many([long_text], 1).shape == (1, 32)
-    assert short.fingerprint() != featx.create_backbone(f"hf/{bert_dir}").fingerprint()
+    assert short.fingerprint() != featx.create_backbone(f"hf/{tiny_bert_dir}").fingerprint()
 
 
-def test_fingerprint_tracks_weights_and_options_without_loading(bert_dir, tmp_path):
+def test_fingerprint_tracks_weights_and_options_without_loading(tiny_bert_dir, tmp_path):
     import shutil
 
-    b = featx.create_backbone(f"hf/{bert_dir}")
+    b = featx.create_backbone(f"hf/{tiny_bert_dir}")
     fp = b.fingerprint()
     assert b._model is None
     for change in ({"pooling": "cls"}, {"layers": [-1]}, {"normalize": True}, {"precision": "bf16"}):
-        assert featx.create_backbone(f"hf/{bert_dir}", **change).fingerprint() != fp
+        assert featx.create_backbone(f"hf/{tiny_bert_dir}", **change).fingerprint() != fp
     copy = tmp_path / "copy"
-    shutil.copytree(bert_dir, copy)
+    shutil.copytree(tiny_bert_dir, copy)
     assert featx.create_backbone(f"hf/{copy}").fingerprint() == fp  # content, not path
     from safetensors.torch import load_file, save_file
 
@@ -104,8 +86,8 @@ def test_missing_directory_is_an_unknown_backbone(tmp_path):
         featx.create_backbone(f"hf/{tmp_path / 'nope'}")
 
 
-def test_cache_round_trip_through_embedder(bert_dir, tmp_path):
-    emb = featx.Embedder(f"hf/{bert_dir}", cache_dir=tmp_path / "c")
+def test_cache_round_trip_through_embedder(tiny_bert_dir, tmp_path):
+    emb = featx.Embedder(f"hf/{tiny_bert_dir}", cache_dir=tmp_path / "c")
     first = emb.transform(TEXTS)
     assert emb.last_extraction_.embedded == 5
     np.testing.assert_array_equal(emb.transform(TEXTS[::-1]), first[::-1])

@@ -8,7 +8,7 @@ import pytest
 import featx
 from featx.cache import EmbeddingCache
 from featx.errors import CacheError
-from featx.extract import extract
+from featx.extraction import extract
 
 from conftest import CountingTextBackbone
 
