@@ -17,7 +17,8 @@ _EXPORTS = {
     "Backbone": "backbones.base", "TorchBackbone": "backbones.base", "digest": "backbones.base",
     "file_digest": "backbones.base", "EmbeddingCache": "cache", "Embedder": "estimators",
     "TransferClassifier": "estimators", "extract": "extraction", "hookimpl": "hookspecs",
-    "finetune": "finetuning", "FineTunedClassifier": "finetuning", "load": "persist", "save": "persist", "create_backbone": "registry", "list_backbones": "registry",
+    "finetune": "finetuning", "FineTunedClassifier": "finetuning", "sweep": "selection",
+    "SweepResult": "selection", "load": "persist", "save": "persist", "create_backbone": "registry", "list_backbones": "registry",
     "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors", "PluginError": "errors",
     "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
 }

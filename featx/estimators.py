@@ -17,6 +17,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones.base import Backbone
+from .errors import BadInputError
 from .extraction import Extraction, extract
 from .heads import make_head
 
@@ -49,20 +50,33 @@ class _Embeds:
     def _backbone(self) -> Backbone:
         return resolve_backbone(self.backbone, self.backbone_options)
 
+    def _columns(self, backbone: Backbone) -> slice:
+        """The columns of ``view`` (one layer of a multi-layer backbone), or all of them."""
+        if self.view is None:
+            return slice(0, backbone.dim)
+        if self.view not in backbone.views:
+            raise BadInputError(f"view {self.view!r} is not one of {backbone.name!r}'s views: {list(backbone.views)}")
+        return backbone.views[self.view]
+
     def _extract(self, X) -> Extraction:
+        backbone = self._backbone()
         result = extract(
-            self._backbone(), X, cache_dir=self.cache_dir, batch_size=self.batch_size,
+            backbone, X, cache_dir=self.cache_dir, batch_size=self.batch_size,
             device=self.device, dtype=self.cache_dtype, num_workers=self.num_workers, errors=self.errors,
             progress=self.progress,
         )
         self.last_extraction_ = result.stats
+        columns = self._columns(backbone)
+        if columns != slice(0, backbone.dim):
+            result = Extraction(np.ascontiguousarray(result.vectors[:, columns]), result.ok, result.stats)
         return result
 
 
 class Embedder(_Embeds, TransformerMixin, BaseEstimator):
     """Embed samples with a backbone through the content-addressed cache.
 
-    ``transform(X)`` returns a float32 array ``(n_samples, dim)``; X is a list of image paths,
+    ``transform(X)`` returns a float32 array ``(n_samples, dim)`` (only the columns of ``view``, one
+    of ``backbone.views``, when given); X is a list of image paths,
     PIL images or uint8 arrays (image backbones) or a list of ``str`` (text backbones).
     Nothing is learned, so ``transform`` works without ``fit``.  Samples that could not be read
     with ``errors="skip"`` come back as NaN rows (listed in ``last_extraction_.failed``).
@@ -73,10 +87,11 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str | Backbone = "timm/resnet18", *, backbone_options: dict | None = None,
-                 cache_dir=None, batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
+                 view: str | None = None, cache_dir=None, batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.backbone_options = backbone_options
+        self.view = view
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.device = device
@@ -88,7 +103,8 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
     def fit(self, X=None, y=None) -> "Embedder":
         """Resolve the backbone (nothing is learned from X)."""
         backbone = self._backbone()
-        self.n_features_out_ = backbone.dim
+        columns = self._columns(backbone)
+        self.n_features_out_ = columns.stop - columns.start
         self.fingerprint_ = backbone.fingerprint()
         return self
 
@@ -97,7 +113,8 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         backbone = self._backbone()
-        return np.asarray([f"{backbone.name}:{i}" for i in range(backbone.dim)], dtype=object)
+        columns = self._columns(backbone)
+        return np.asarray([f"{backbone.name}:{i}" for i in range(columns.start, columns.stop)], dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -116,13 +133,15 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str | Backbone = "timm/resnet18", head: Any = "logreg", *,
-                 head_params: dict | None = None, backbone_options: dict | None = None, cache_dir=None,
+                 head_params: dict | None = None, backbone_options: dict | None = None, view: str | None = None,
+                 cache_dir=None,
                  batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.head = head
         self.head_params = head_params
         self.backbone_options = backbone_options
+        self.view = view
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.device = device

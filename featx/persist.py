@@ -153,7 +153,7 @@ def load(path: str | os.PathLike, *, backbone=None, cache_dir=None):
         )
     model.head_ = head
     model.classes_ = head.classes_
-    model.n_features_in_ = built.dim
+    model.n_features_in_ = getattr(head, "n_features_in_", built.dim)
     model.backbone_name_ = built.name
     model.fingerprint_ = built.fingerprint()
     return model

@@ -101,7 +101,7 @@ class TimmBackbone(TorchBackbone):
                 f"List them with `featx backbones 'timm/*PATTERN*'`"
             )
         with torch.device("meta"):
-            model = self._create()
+            model = self._create().eval()
             config = resolve_model_data_config(model)
             if self.image_size is not None:
                 config["input_size"] = (3, self.image_size, self.image_size)

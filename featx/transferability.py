@@ -1,0 +1,138 @@
+"""Transferability scores: how well frozen features suit a labelled task, without training a head.
+
+No single score ranks backbones right on every dataset, so a sweep reports several side by side,
+with each score's rank correlation to the cross-validated accuracy.
+
+- ``logme``   — LogME (You et al., 2021): log marginal evidence of a Bayesian linear model on the
+  features, per sample, averaged over one-vs-rest targets.  Higher is better.
+- ``h_score`` — H-score (Bao et al., 2019): ``tr(cov(f)^-1 cov(E[f|y]))``, class separation relative
+  to feature spread, with a Ledoit-Wolf shrunk ``cov(f)`` (Ibrahim et al., 2022) so that wide features
+  and few samples do not inflate it.  Higher is better.
+- ``leep``    — LEEP (Nguyen et al., 2020) from source-class probabilities ``theta``; ``nleep`` builds
+  ``theta`` from a Gaussian mixture on PCA-reduced features (N-LEEP, Li et al., 2021).
+- ``nce``     — negative conditional entropy ``-H(y | z)`` of target labels given source labels ``z``
+  (Tran et al., 2019); ``nce_clusters`` uses k-means clusters of the features as ``z``.
+
+>>> import numpy as np
+>>> F = np.array([[0., 0.], [0., 1.], [4., 0.], [4., 1.]]); y = np.array([0, 0, 1, 1])
+>>> round(h_score(F, y, shrink=False), 6)
+1.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _codes(y) -> tuple[np.ndarray, int]:
+    classes, codes = np.unique(np.asarray(y), return_inverse=True)
+    return codes, len(classes)
+
+
+def logme(F: np.ndarray, y, *, tol: float = 1e-3, max_iter: int = 100) -> float:
+    """LogME of features ``F`` (n, d) for labels ``y``: mean per-sample log evidence over classes."""
+    F = np.asarray(F, dtype=np.float64)
+    codes, k = _codes(y)
+    n, d = F.shape
+    u, s, _ = np.linalg.svd(F, full_matrices=False)
+    sigma = s ** 2  # non-zero eigenvalues of F^T F (at most min(n, d)); the remaining d - len are zero
+    evidences = []
+    for c in range(k):
+        target = (codes == c).astype(np.float64)
+        z2 = (u.T @ target) ** 2
+        outside = max(float(target @ target - z2.sum()), 0.0)  # residual outside the span of F
+        alpha, beta = 1.0, 1.0
+        for _ in range(max_iter):
+            t = alpha / beta
+            gamma = float((sigma / (sigma + t)).sum())
+            m2 = float((sigma * z2 / (sigma + t) ** 2).sum())
+            res2 = float((z2 * (t / (sigma + t)) ** 2).sum()) + outside
+            new_alpha, new_beta = gamma / (m2 + 1e-12), (n - gamma) / (res2 + 1e-12)
+            converged = abs(new_alpha / new_beta - t) / t < tol
+            alpha, beta = new_alpha, new_beta
+            if converged:
+                break
+        t = alpha / beta
+        m2 = float((sigma * z2 / (sigma + t) ** 2).sum())
+        res2 = float((z2 * (t / (sigma + t)) ** 2).sum()) + outside
+        log_det = float(np.log(alpha + beta * sigma).sum()) + (d - len(sigma)) * np.log(alpha)
+        evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - n / 2 * np.log(2 * np.pi)
+                    - beta / 2 * res2 - alpha / 2 * m2 - log_det / 2)
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+def h_score(F: np.ndarray, y, *, shrink: bool = True) -> float:
+    """H-score: ``tr(inv(cov(F)) @ cov(class-mean of F))``; ``shrink=False`` for the original (pinv)."""
+    from sklearn.covariance import ledoit_wolf
+
+    F = np.asarray(F, dtype=np.float64)
+    codes, k = _codes(y)
+    centred = F - F.mean(axis=0)
+    cov_f = ledoit_wolf(centred, assume_centered=True)[0] if shrink else centred.T @ centred / len(F)
+    means = np.stack([centred[codes == c].mean(axis=0) for c in range(k)])
+    g = means[codes]  # each sample replaced by its class mean
+    cov_g = g.T @ g / len(F)
+    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
+
+
+def leep(theta: np.ndarray, y) -> float:
+    """LEEP from source-class probabilities ``theta`` (n, z) and target labels ``y``."""
+    theta = np.asarray(theta, dtype=np.float64)
+    codes, k = _codes(y)
+    joint = np.stack([theta[codes == c].sum(axis=0) for c in range(k)], axis=1) / len(theta)  # (z, k)
+    conditional = joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-12)  # P(y | z)
+    expected = theta @ conditional  # (n, k)
+    return float(np.mean(np.log(np.maximum(expected[np.arange(len(codes)), codes], 1e-12))))
+
+
+def nce(z, y) -> float:
+    """Negative conditional entropy ``-H(y | z)`` of labels ``y`` given source labels ``z``."""
+    z_codes, nz = _codes(z)
+    y_codes, ny = _codes(y)
+    joint = np.zeros((nz, ny))
+    np.add.at(joint, (z_codes, y_codes), 1.0)
+    joint /= joint.sum()
+    pz = joint.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(joint > 0, joint * np.log(joint / pz), 0.0)
+    return float(terms.sum())
+
+
+def _reduced(F: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    F = np.asarray(F, dtype=np.float64)
+    components = min(64, F.shape[0] - 1, F.shape[1])
+    return PCA(n_components=components, random_state=seed).fit_transform(F)
+
+
+def nleep(F: np.ndarray, y, *, components: int | None = None, seed: int = 0) -> float:
+    """N-LEEP: LEEP with ``theta`` = posterior of a diagonal Gaussian mixture on PCA-reduced features."""
+    from sklearn.mixture import GaussianMixture
+
+    _, k = _codes(y)
+    reduced = _reduced(F, seed)
+    gmm = GaussianMixture(n_components=components or 2 * k, covariance_type="diag", random_state=seed,
+                          reg_covar=1e-4, max_iter=200).fit(reduced)
+    return leep(gmm.predict_proba(reduced), y)
+
+
+def nce_clusters(F: np.ndarray, y, *, clusters: int | None = None, seed: int = 0) -> float:
+    """NCE with k-means clusters of the (PCA-reduced) features standing in for source labels."""
+    from sklearn.cluster import KMeans
+
+    _, k = _codes(y)
+    z = KMeans(n_clusters=clusters or 2 * k, n_init=4, random_state=seed).fit_predict(_reduced(F, seed))
+    return nce(z, y)
+
+
+SCORES = {"logme": logme, "h_score": h_score, "nleep": nleep, "nce": nce_clusters}
+
+
+def score_all(F: np.ndarray, y, seed: int = 0) -> dict[str, float]:
+    """Every feature-only score, by name."""
+    out = {}
+    for name, fn in SCORES.items():
+        out[name] = fn(F, y, seed=seed) if name in ("nleep", "nce") else fn(F, y)
+    return out
