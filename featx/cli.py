@@ -5,6 +5,8 @@
     featx fit reviews.csv --backbone hf/all-MiniLM-L6-v2 --head logreg --out model.featx
     featx predict model.featx new_reviews.csv
     featx cache ls
+    featx sweep data/images -b timm/tf_efficientnet_lite0 -b timm/resnet18 --run-dir runs/images
+    featx finetune runs/images --strategy lp-ft --epochs 3
 """
 
 from __future__ import annotations
@@ -155,6 +157,99 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def _options_by_backbone(args) -> dict[str, dict]:
+    """``-o NAME:key=value`` targets one backbone; ``-o key=value`` applies to all of them."""
+    per: dict[str, dict] = {name: {} for name in args.backbone}
+    for key, value in args.option:
+        target, _, key = key.rpartition(":")
+        for name in ([target] if target else args.backbone):
+            if name not in per:
+                raise SystemExit(f"featx: error: option for {name!r}, which is not one of the --backbone names")
+            per[name][key] = value
+    return per
+
+
+def _split(args, X, y):
+    """The sweep's train/test split, reproducible from the run folder's source.json."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    from .datasets import labels_or_raise
+
+    y = labels_or_raise(y, len(X))
+    if not args.test_size:
+        return X, y, None, None
+    train, test = train_test_split(np.arange(len(y)), test_size=args.test_size, stratify=y, random_state=args.seed)
+    return [X[i] for i in train], y[train], [X[i] for i in test], y[test]
+
+
+def cmd_sweep(args) -> int:
+    import json
+
+    from .estimators import resolve_backbone
+    from .selection import sweep
+
+    options = _options_by_backbone(args)
+    X, y = _dataset_for(args, resolve_backbone(args.backbone[0], options[args.backbone[0]] or None))
+    X_train, y_train, X_test, y_test = _split(args, X, y)
+    result = sweep(X_train, y_train, backbones=[(b, options[b] or None) for b in args.backbone],
+                   heads=args.head or ["logreg", "svm", "mlp", "knn"], X_test=X_test, y_test=y_test, cv=args.cv,
+                   cache_dir=args.cache_dir, run_dir=args.run_dir, seed=args.seed, progress=not args.quiet)
+    source = {"data": str(Path(args.data).resolve()), "text_column": args.text_column, "label_column": args.label_column,
+              "test_size": args.test_size, "seed": args.seed, "options": options}
+    (Path(args.run_dir) / "source.json").write_text(json.dumps(source, indent=2))
+    print(result.table())
+    print(f"report: {Path(args.run_dir) / 'report.html'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import render_report
+
+    print(render_report(args.run_dir))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    import json
+
+    from .errors import BadInputError
+    from .estimators import TransferClassifier
+    from .finetuning import finetune
+    from .persist import load
+
+    run = Path(args.run_dir)
+    try:
+        source = json.loads((run / "source.json").read_text())
+        rows = json.loads((run / "leaderboard.json").read_text())["leaderboard"]
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{str(run)!r} is not a folder written by `featx sweep` ({exc})") from None
+    if args.row is None:
+        setup = load(run / "best.featx", cache_dir=args.cache_dir)
+    else:
+        if not 1 <= args.row <= len(rows):
+            raise BadInputError(f"--row {args.row}: the leaderboard has rows 1..{len(rows)}")
+        row = rows[args.row - 1]
+        setup = TransferClassifier(row["backbone"], head=row["head"], head_params=row["params"],
+                                   backbone_options=source["options"].get(row["backbone"]) or None,
+                                   view=None if row["view"] == "all" else row["view"], cache_dir=args.cache_dir)
+    if setup.view is not None:
+        raise BadInputError(f"the chosen setup uses view {setup.view!r} of a multi-layer backbone; fine-tuning needs "
+                            f"a single-output backbone: sweep it without layers= or pick another --row")
+    args.data, args.text_column, args.label_column = source["data"], source["text_column"], source["label_column"]
+    args.test_size, args.seed = source["test_size"], source["seed"]
+    X, y = _dataset_for(args, setup._backbone())
+    X_train, y_train, X_test, y_test = _split(args, X, y)
+    out = Path(args.out_dir) if args.out_dir else run / f"finetune-{args.strategy}"
+    result = finetune(setup, X_train, y_train, strategy=args.strategy, epochs=args.epochs, lr=args.lr,
+                      batch_size=args.batch_size, X_test=X_test, y_test=y_test, cache_dir=args.cache_dir, run_dir=out,
+                      progress=not args.quiet)
+    held_out = "test" if X_test is not None else "validation"
+    print(f"{held_out} accuracy: frozen probe {result.scores['probe']:.3f}, fine-tuned ({args.strategy}) "
+          f"{result.scores['finetuned']:.3f} -> keep the {result.keep} model; run folder {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -196,6 +291,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", nargs="?", help="for info: a store key, fingerprint prefix or backbone name")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("sweep", help="rank backbones x layers x heads by cross-validation")
+    _add_data_args(p)
+    p.add_argument("--backbone", "-b", action="append", required=True, help="repeatable")
+    p.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="[NAME:]KEY=VALUE",
+                   help="backbone option for all backbones, or for NAME only")
+    p.add_argument("--head", action="append", help="repeatable; default: logreg, svm, mlp, knn")
+    p.add_argument("--cv", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--test-size", type=float, default=0.3, help="held-out fraction (default 0.3; 0 for none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", required=True, help="folder for the leaderboard, manifest, best model, report")
+    p.add_argument("--cache-dir")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="re-render a sweep's HTML report")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("finetune", help="promote a sweep's best setup (or --row N) to end-to-end training")
+    p.add_argument("run_dir", help="a folder written by `featx sweep`")
+    p.add_argument("--row", type=int, help="leaderboard row to promote (1 = best; default: best.featx)")
+    p.add_argument("--strategy", default="lp-ft", choices=["full", "freeze", "llrd", "gradual", "lp-ft"])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out-dir", help="default: RUN_DIR/finetune-STRATEGY")
+    p.add_argument("--cache-dir")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("demo", help="real transfer learning on shipped data and models")
     p.add_argument("--cache-dir", help="default: ./cache")

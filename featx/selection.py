@@ -154,6 +154,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     from .transferability import score_all
 
     say = print if progress else (lambda *a, **k: None)
+    for head in heads:
+        make_head(head)  # unknown names fail now, not after the extraction
     y = labels_or_raise(y, len(X))
     if X_test is None and test_size:
         idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
