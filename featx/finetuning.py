@@ -406,6 +406,8 @@ def _train(est: FineTunedClassifier, probe, X, y):
             param.requires_grad_(name in the_plan.trainable_at[epoch])
         network.train()
         order = rng.permutation(train_idx)
+        if len(order) % batch_size == 1:  # BatchNorm cannot train on a batch of one; it rejoins next epoch
+            order = order[:-1]
         running = 0.0
         optimizer.zero_grad(set_to_none=True)
         for b, lo in enumerate(range(0, len(order), batch_size)):

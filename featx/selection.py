@@ -117,12 +117,22 @@ class _ResultsCache:
 def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n_jobs) -> dict:
     from sklearn.model_selection import GridSearchCV
 
+    import warnings
+
+    from sklearn.exceptions import FitFailedWarning
+
     grid = grid if grid is not None else (HEADS[head].grid if isinstance(head, str) else {})
     search = GridSearchCV(make_head(head), grid or {}, cv=folds, scoring=METRICS, refit=False, n_jobs=n_jobs,
-                          error_score="raise")
-    search.fit(Z, y)
+                          error_score=np.nan)
+    with warnings.catch_warnings():  # candidates that cannot fit this data (k > fold size …) score NaN
+        warnings.simplefilter("ignore", FitFailedWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        search.fit(Z, y)
     r = search.cv_results_
-    best = int(np.argmax(r["mean_test_accuracy"]))
+    if np.all(np.isnan(r["mean_test_accuracy"])):
+        raise BadInputError(f"head {head_name(head)!r}: no setting of its grid could be fitted on {len(y)} samples "
+                            f"with {folds.get_n_splits()} folds; give more data or a smaller grid")
+    best = int(np.nanargmax(r["mean_test_accuracy"]))
     return {
         "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in r["params"][best].items()},
         "cv_accuracy": float(r["mean_test_accuracy"][best]), "cv_accuracy_std": float(r["std_test_accuracy"][best]),
@@ -185,9 +195,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         embedded = train.stats.embedded + (test.stats.embedded if test else 0)
         manifest_backbones.append({"name": backbone.name, "options": options, "fingerprint": backbone.fingerprint(),
                                    "store_key": train.stats.store_key, "dim": backbone.dim, "views": list(backbone.views)})
-        view_items = list(backbone.views.items())
-        if len(view_items) > 1:
-            view_items = ([("all", slice(0, backbone.dim))] + view_items) if views else [("all", slice(0, backbone.dim))]
+        whole = [("all", slice(0, backbone.dim))]
+        view_items = whole + list(backbone.views.items()) if views and len(backbone.views) > 1 else whole
         for view, columns in view_items:
             Z = np.ascontiguousarray(train.vectors[:, columns])
             base_key = digest("sweep", PROTOCOL_VERSION, train.stats.store_key, view, data_key, folds.get_n_splits(), seed)

@@ -68,3 +68,27 @@ def test_bad_option_syntax_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["extract", "x", "-b", "acme/colorhist", "-o", "novalue"])
     assert info.value.code == 2
+
+
+def test_sweep_then_finetune_the_best_from_the_run_folder(capsys, tmp_path, image_folder):
+    import json
+
+    run_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "sweep", image_folder, "-b", "timm/test_efficientnet", "-b", "acme/colorhist",
+                                 "-o", "timm/test_efficientnet:image_size=32", "-o", "acme/colorhist:bins=4",
+                                 "--head", "logreg", "--head", "knn", "--cv", "2", "--test-size", "0.34",
+                                 "--run-dir", run_dir, "--cache-dir", tmp_path / "c", "-q")
+    assert code == 0 and (run_dir / "report.html").exists() and (run_dir / "best.featx").exists()
+    source = json.loads((run_dir / "source.json").read_text())
+    assert source["options"] == {"timm/test_efficientnet": {"image_size": 32}, "acme/colorhist": {"bins": 4}}
+    rows = json.loads((run_dir / "leaderboard.json").read_text())["leaderboard"]
+    assert len(rows) == 4
+    timm_row = 1 + next(i for i, r in enumerate(rows) if r["backbone"] == "timm/test_efficientnet")
+    code, out, err = run(capsys, "finetune", run_dir, "--row", timm_row, "--strategy", "llrd", "--epochs", "1",
+                       "--batch-size", "4", "--cache-dir", tmp_path / "c", "-q")
+    assert code == 0 and "test accuracy: frozen probe" in out, err
+    summary = json.loads((run_dir / "finetune-llrd" / "finetune.json").read_text())
+    assert summary["strategy"] == "llrd" and summary["held_out"] == "test"
+    assert (run_dir / "finetune-llrd" / "finetuned.featx").exists()
+    code, _, err = run(capsys, "finetune", run_dir, "--row", 99)
+    assert code == 2 and "rows 1..4" in err
