@@ -142,6 +142,30 @@ def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n
     }
 
 
+def _refit_and_test(head, params: dict, Z, y, test, columns, y_test, results: _ResultsCache, key: str,
+                    reuse: bool) -> dict:
+    """Refit one row's winning setting on all training data and score it on the test split.
+
+    With ``reuse`` (the row's CV came from the cache) a cached outcome is taken as is, so a repeated
+    sweep refits only the overall winner.
+    """
+    cached = results.get(key) if reuse and isinstance(head, str) else None
+    if cached is not None:
+        return cached
+    from sklearn.metrics import accuracy_score, f1_score
+
+    t0 = time.perf_counter()
+    model = make_head(head, **params).fit(Z, y)
+    outcome = {"fit_seconds": time.perf_counter() - t0, "test_accuracy": None, "test_macro_f1": None}
+    if test is not None:
+        predicted = model.predict(np.ascontiguousarray(test.vectors[:, columns]))
+        outcome["test_accuracy"] = float(accuracy_score(y_test, predicted))
+        outcome["test_macro_f1"] = float(f1_score(y_test, predicted, average="macro"))
+    if isinstance(head, str):
+        results.put(key, outcome)
+    return outcome
+
+
 def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", "knn"), *,
           backbone_options: dict | None = None, X_test=None, y_test=None, test_size: float | None = None,
           cv: int = 5, grids: dict | None = None, views: bool = True, transferability: bool = True,
@@ -180,7 +204,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     rows: list[dict] = []
     fitted: dict[tuple, np.ndarray] = {}
     manifest_backbones = []
-    data_key = None
+    data_key = test_key = None
 
     for spec, options in _specs(backbones, backbone_options):
         backbone = resolve_backbone(spec, options)
@@ -190,6 +214,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         if data_key is None:
             keys = as_samples(X, backbone.modality).keys
             data_key = digest("data", keys, [str(v) for v in y])
+        if test is not None and test_key is None:
+            test_key = digest("test", as_samples(X_test, backbone.modality).keys, [str(v) for v in y_test])
         extract_s = train.stats.seconds + (test.stats.seconds if test else 0.0)
         hits = train.stats.hits + (test.stats.hits if test else 0)
         embedded = train.stats.embedded + (test.stats.embedded if test else 0)
@@ -216,29 +242,20 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
                     cv_result = _grid_search(head, Z, y, folds, grid, n_jobs)
                     if isinstance(head, str):
                         results.put(head_key, cv_result)
-                t0 = time.perf_counter()
-                model = make_head(head, **cv_result["params"]).fit(Z, y)
-                fit_s = time.perf_counter() - t0
                 row = {"backbone": backbone.name, "view": view, "head": name, **cv_result,
-                       "test_accuracy": None, "test_macro_f1": None, "fit_seconds": fit_s,
                        "extract_seconds": extract_s, "cache_hits": hits, "embedded": embedded,
                        "cv_from_cache": cached_cv, **{f"score_{k}": v for k, v in scores.items()}}
-                if test is not None:
-                    from sklearn.metrics import accuracy_score, f1_score
-
-                    predicted = model.predict(np.ascontiguousarray(test.vectors[:, columns]))
-                    row["test_accuracy"] = float(accuracy_score(y_test, predicted))
-                    row["test_macro_f1"] = float(f1_score(y_test, predicted, average="macro"))
+                row.update(_refit_and_test(head, cv_result["params"], Z, y, test, columns, y_test, results,
+                                           digest(head_key, test_key), reuse=cached_cv))
                 rows.append(row)
-                fitted[(backbone.name, view, name)] = (spec, options, head, model, columns, test, Z)
+                fitted[(backbone.name, view, name)] = (spec, options, head, columns, test, Z)
                 say(f"[sweep]   {view:8s} {name:7s} cv acc {row['cv_accuracy']:.3f} ± {row['cv_accuracy_std']:.3f}"
                     + (f"  test {row['test_accuracy']:.3f}" if row["test_accuracy"] is not None else "")
                     + ("  (cv cached)" if cached_cv else ""))
 
     rows.sort(key=lambda r: (-r["cv_accuracy"], r["cv_accuracy_std"]))
     top = rows[0]
-    spec, options, head, head_model, columns, test, Z = fitted[(top["backbone"], top["view"], top["head"])]
-    backbone = resolve_backbone(spec, options)
+    spec, options, head, columns, test, Z = fitted[(top["backbone"], top["view"], top["head"])]
     best = TransferClassifier(spec, head=head, head_params=top["params"] if isinstance(head, str) else None,
                               backbone_options=options, view=None if top["view"] == "all" else top["view"],
                               cache_dir=cache_dir)
