@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import uuid
-from dataclasses import dataclass
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -32,6 +35,65 @@ from .errors import CacheError
 
 STORAGE_DTYPES = ("float32", "float16")
 KEY_DTYPE = "S32"
+CLAIM_TIMEOUT = float(os.environ.get("FEATX_CLAIM_TIMEOUT", 600))  # seconds before another host's claim is stale
+TMP_TIMEOUT = 600.0  # seconds before an orphaned temporary shard is garbage
+
+
+class CacheWarning(UserWarning):
+    """A damaged shard was quarantined; its samples will be embedded again."""
+
+
+class DamagedShardError(CacheError):
+    """A shard failed while being read; it has been quarantined."""
+
+
+def check_shard(path: Path, meta: dict) -> str | None:
+    """What is wrong with one shard file (``None`` if it is whole and consistent with its store)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            keys, vectors = f["keys"], f["vectors"]
+            if keys.dtype != np.dtype(KEY_DTYPE) or keys.ndim != 1:
+                return f"keys have dtype {keys.dtype} and shape {keys.shape}"
+            if vectors.shape != (keys.shape[0], meta["dim"]):
+                return f"vectors have shape {vectors.shape}, expected ({keys.shape[0]}, {meta['dim']})"
+            if vectors.dtype != np.dtype(meta["dtype"]):
+                return f"vectors have dtype {vectors.dtype}, expected {meta['dtype']}"
+            if f.attrs.get("fingerprint") != meta["fingerprint"]:
+                return "written for another backbone fingerprint"
+            if not np.isfinite(vectors[...]).all():
+                return "vectors contain NaN or infinity"
+            if len({k for k in keys[...]}) != keys.shape[0]:
+                return "duplicate keys inside the shard"
+    except Exception as exc:  # h5py reports truncation and corruption as OSError/KeyError/…
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class VerifyReport:
+    """``featx cache verify``: healthy shards, damaged ones (with the reason) and leftover temporaries."""
+
+    store: str
+    healthy: int = 0
+    damaged: dict[str, str] = field(default_factory=dict)
+    temporary: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
 
 
 def default_cache_dir() -> Path:
@@ -88,6 +150,7 @@ class Store:
         self.dtype: str = meta["dtype"]
         self._index: dict[str, tuple[str, int]] = {}
         self._seen: set[str] = set()
+        self._owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def refresh(self) -> None:
         """Index shards committed since the last look (by this or any other process)."""
@@ -99,14 +162,31 @@ class Store:
             try:
                 with h5py.File(self.path / shard, "r") as f:
                     keys = f["keys"][...]
+                    if f["vectors"].shape != (len(keys), self.dim):
+                        raise ValueError(f"vectors shape {f['vectors'].shape} for {len(keys)} keys")
             except Exception as exc:
-                raise CacheError(
-                    f"cache shard {str(self.path / shard)!r} is unreadable ({exc}); "
-                    f"run `featx cache verify` to find damaged shards"
-                ) from None
+                self._quarantine(shard, f"unreadable ({type(exc).__name__}: {exc})")
+                continue
             for row, key in enumerate(keys):
                 self._index.setdefault(key.decode(), (shard, row))
             self._seen.add(shard)
+
+    def _quarantine(self, shard: str, reason: str) -> None:
+        """Move a damaged shard aside (never delete it) and forget its keys; they will be re-embedded."""
+        target = self.path / "quarantine"
+        try:
+            target.mkdir(exist_ok=True)
+            os.replace(self.path / shard, target / shard)
+            (target / f"{shard}.reason.txt").write_text(reason + "\n")
+        except FileNotFoundError:
+            pass  # another process quarantined it first
+        except OSError as exc:
+            raise CacheError(f"cache shard {str(self.path / shard)!r} is damaged ({reason}) and cannot be moved to "
+                             f"quarantine ({exc.strerror}); move it away by hand") from None
+        self._index = {k: v for k, v in self._index.items() if v[0] != shard}
+        self._seen.discard(shard)
+        warnings.warn(f"cache shard {shard} in {str(self.path)!r} is damaged ({reason}); moved to quarantine/, "
+                      f"its samples will be embedded again", CacheWarning, stacklevel=3)
 
     def __len__(self) -> int:
         self.refresh()
@@ -134,16 +214,22 @@ class Store:
             raise CacheError(f"sample key {exc.args[0]} is not in the cache store {str(self.path)!r}") from None
         for shard, (dest, rows) in by_shard.items():
             rows_arr = np.asarray(rows)
-            with h5py.File(self.path / shard, "r") as f:
-                vectors = f["vectors"]
-                if len(rows_arr) * 4 >= vectors.shape[0]:  # most of the shard: one contiguous read
-                    block = vectors[...]
-                    out[dest] = block[rows_arr]
-                else:
-                    order = np.argsort(rows_arr)
-                    unique_rows, inverse = np.unique(rows_arr[order], return_inverse=True)
-                    picked = vectors[unique_rows]
-                    out[np.asarray(dest)[order]] = picked[inverse]
+            try:
+                with h5py.File(self.path / shard, "r") as f:
+                    vectors = f["vectors"]
+                    if len(rows_arr) * 4 >= vectors.shape[0]:  # most of the shard: one contiguous read
+                        picked, dest_rows = vectors[...][rows_arr], np.asarray(dest)
+                    else:
+                        order = np.argsort(rows_arr)
+                        unique_rows, inverse = np.unique(rows_arr[order], return_inverse=True)
+                        picked, dest_rows = vectors[unique_rows][inverse], np.asarray(dest)[order]
+            except Exception as exc:
+                self._quarantine(shard, f"read failed ({type(exc).__name__}: {exc})")
+                raise DamagedShardError(f"cache shard {shard} failed while being read and was quarantined") from None
+            if not np.isfinite(picked).all():
+                self._quarantine(shard, "vectors contain NaN or infinity")
+                raise DamagedShardError(f"cache shard {shard} holds non-finite vectors and was quarantined")
+            out[dest_rows] = picked
         return out
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
@@ -169,6 +255,103 @@ class Store:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _writable_or_raise(self.path, exc) from None
+
+    def verify(self) -> VerifyReport:
+        """Check every shard completely (read-only)."""
+        report = VerifyReport(self.path.name)
+        for shard in sorted(self.path.glob("shard-*.h5")):
+            problem = check_shard(shard, self.meta)
+            if problem:
+                report.damaged[shard.name] = problem
+            else:
+                report.healthy += 1
+        report.temporary = sorted(p.name for p in self.path.glob(".tmp-*") if self._orphaned(p))
+        return report
+
+    def repair(self) -> VerifyReport:
+        """Quarantine damaged shards and delete orphaned temporary files; healthy shards stay as they are."""
+        report = self.verify()
+        for shard, problem in report.damaged.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CacheWarning)
+                self._quarantine(shard, problem)
+            report.quarantined.append(shard)
+        for name in report.temporary:
+            (self.path / name).unlink(missing_ok=True)
+        return report
+
+    @staticmethod
+    def _orphaned(tmp: Path) -> bool:
+        """A temporary file whose writer is gone: its pid is dead here, or it is too old to be in use."""
+        try:
+            age = time.time() - tmp.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        parts = tmp.name.split("-")
+        pid = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None
+        return age > TMP_TIMEOUT or (pid is not None and not _pid_alive(pid))
+
+    # -- work claims: several writers (processes, machines on a shared filesystem) split the misses --
+    @contextmanager
+    def _locked(self):
+        import fcntl
+
+        try:
+            handle = open(self.path / ".lock", "a+")
+        except OSError as exc:
+            raise _writable_or_raise(self.path, exc) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    def _live_claims(self) -> set[str]:
+        claimed: set[str] = set()
+        host = socket.gethostname()
+        for path in (self.path / "claims").glob("*.json"):
+            try:
+                claim = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being written or removed right now
+            stale = (claim.get("host") == host and not _pid_alive(claim["pid"])) or \
+                time.time() - claim.get("time", 0) > CLAIM_TIMEOUT
+            if stale:
+                path.unlink(missing_ok=True)
+            elif claim.get("owner") != self._owner:
+                claimed.update(claim["keys"])
+        return claimed
+
+    def claim(self, keys: Iterable[str], limit: int) -> tuple[list[str], int]:
+        """Take up to ``limit`` of ``keys`` that are neither stored nor claimed by another live writer.
+
+        Returns ``(claimed, waiting)``: the keys this writer must embed now, and how many of the
+        rest are being embedded by others.  Release with ``release()`` after committing.
+        """
+        with self._locked():
+            self.refresh()
+            others = self._live_claims()
+            mine, waiting = [], 0
+            for key in keys:
+                if key in self._index:
+                    continue
+                if key in others:
+                    waiting += 1
+                elif len(mine) < limit:
+                    mine.append(key)
+            if mine:
+                claims = self.path / "claims"
+                claims.mkdir(exist_ok=True)
+                body = {"owner": self._owner, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "keys": mine}
+                tmp = claims / f".{self._owner}.tmp"
+                tmp.write_text(json.dumps(body))
+                os.replace(tmp, claims / f"{self._owner}.json")
+            return mine, waiting
+
+    def release(self) -> None:
+        """Drop this writer's claim (after its shard is committed, or on failure)."""
+        (self.path / "claims" / f"{self._owner}.json").unlink(missing_ok=True)
 
     def info(self) -> StoreInfo:
         shards = list(self.path.glob("shard-*.h5"))

@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 
 from .backbones.base import Backbone
-from .cache import EmbeddingCache, Store
+from .cache import DamagedShardError, EmbeddingCache, Store
 from .datasets import Samples, as_samples
 from .errors import BadInputError, PluginError
+
+POLL_SECONDS = 0.2
 
 
 @dataclass
@@ -51,10 +53,13 @@ class Progress:
 
     def update(self, n: int) -> None:
         self.done += n
-        if self.enabled:
+        if self.enabled and n:
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            end = "\n" if self.done >= self.total else ""
-            print(f"\r{self.label}: {self.done}/{self.total} ({rate:.1f}/s)", end=end, file=sys.stderr, flush=True)
+            print(f"\r{self.label}: {self.done}/{self.total} ({rate:.1f}/s)", end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr, flush=True)
 
 
 def check_output(backbone: Backbone, out: Any, n: int) -> np.ndarray:
@@ -122,6 +127,33 @@ def open_store(backbone: Backbone, cache_dir=None, dtype: str = "float32") -> St
     )
 
 
+def _fill(store: Store, samples: Samples, keys: list[str], first_index: dict[str, int], backbone: Backbone,
+          batch_size: int, chunk_size: int, num_workers: int, failed: dict[str, str], meter: Progress) -> int:
+    """Embed and commit every key of ``keys`` that no writer has stored, sharing the work with other
+    writers through the store's claims; returns how many samples this process embedded."""
+    embedded = 0
+    remaining = list(keys)
+    while remaining:
+        mine, waiting = store.claim(remaining, chunk_size)
+        if not mine and not waiting:
+            break
+        if not mine:  # everything left is being embedded by other writers: wait for their shards
+            time.sleep(POLL_SECONDS)
+        try:
+            if mine:
+                chunk, items = _load(samples, [first_index[k] for k in mine], backbone, num_workers, failed)
+                if chunk:
+                    vectors = check_output(backbone, backbone.embed_many(items, batch_size), len(chunk))
+                    store.put([samples.keys[i] for i in chunk], vectors)
+                    embedded += len(chunk)
+        finally:
+            store.release()
+        done = set(mine)
+        remaining = [k for k in remaining if k not in done and k not in failed]
+        meter.update(len(mine))
+    return embedded
+
+
 def extract(
     backbone: Backbone,
     X: Any,
@@ -149,35 +181,42 @@ def extract(
     samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality)
     store = open_store(backbone, cache_dir, dtype)
     present = store.contains(samples.keys)
-    todo, queued = [], set()
+    first_index: dict[str, int] = {}
     for i in np.flatnonzero(~present):
-        if samples.keys[i] not in queued:
-            queued.add(samples.keys[i])
-            todo.append(int(i))
+        first_index.setdefault(samples.keys[i], int(i))
 
     batch_size = batch_size or backbone.default_batch_size
     chunk_size = chunk_size or max(batch_size * 8, 256)
     failed: dict[str, str] = {}
-    meter = Progress(len(todo), f"embedding with {backbone.name}", progress)
-    if todo:
+    meter = Progress(len(first_index), f"embedding with {backbone.name}", progress)
+    if first_index:
         backbone.to(device)
-    for lo in range(0, len(todo), chunk_size):
-        chunk, items = _load(samples, todo[lo:lo + chunk_size], backbone, num_workers, failed)
-        if chunk:
-            vectors = check_output(backbone, backbone.embed_many(items, batch_size), len(chunk))
-            store.put([samples.keys[i] for i in chunk], vectors)
-        meter.update(len(todo[lo:lo + chunk_size]))
+    embedded = _fill(store, samples, list(first_index), first_index, backbone, batch_size, chunk_size, num_workers,
+                      failed, meter)
+    meter.finish()
 
     ok = np.fromiter((k not in failed for k in samples.keys), dtype=bool, count=len(samples))
     vectors = np.full((len(samples), backbone.dim), np.nan, dtype=np.float32)
-    vectors[ok] = store.get([k for k, good in zip(samples.keys, ok) if good])
+    wanted = [k for k, good in zip(samples.keys, ok) if good]
+    for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
+        try:
+            vectors[ok] = store.get(wanted)
+            break
+        except DamagedShardError:
+            if attempt == 2:
+                raise
+            lost = [k for k, here in zip(wanted, store.contains(wanted)) if not here]
+            position = {k: i for i, k in reversed(list(enumerate(samples.keys)))}
+            backbone.to(device)
+            embedded += _fill(store, samples, lost, position, backbone, batch_size, chunk_size, num_workers, failed,
+                              Progress(len(lost), "re-embedding quarantined samples", progress))
     bad = [
         msg if samples.names[i] in msg else f"{samples.names[i]}: same content as an unreadable sample ({msg})"
         for i in np.flatnonzero(~ok) for msg in [failed[samples.keys[i]]]
     ]
     stats = ExtractStats(
         backbone=backbone.name, store_key=store.path.name, samples=len(samples),
-        unique=len(set(samples.keys)), hits=int(present.sum()), embedded=len(todo) - len(failed),
+        unique=len(set(samples.keys)), hits=int(present.sum()), embedded=embedded,
         seconds=time.perf_counter() - start, failed=bad,
     )
     if bad and errors == "raise":
