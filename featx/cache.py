@@ -330,8 +330,10 @@ class Store:
         rest are being embedded by others.  Release with ``release()`` after committing.
         """
         with self._locked():
-            self.refresh()
+            # claims before shards: a writer commits its shard *then* drops its claim, so a key whose
+            # claim is gone by now is already visible to the refresh that follows
             others = self._live_claims()
+            self.refresh()
             mine, waiting = [], 0
             for key in keys:
                 if key in self._index:

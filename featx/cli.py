@@ -151,6 +151,22 @@ def cmd_cache(args) -> int:
             print(f"{i.key[:16]:16s} {i.name[:36]:36s} {i.fingerprint[:16]:16s} {i.count:8d} {i.dim:6d} "
                   f"{i.dtype:8s} {i.bytes / 1e6:9.2f}M")
         return 0
+    if args.action in ("verify", "repair"):
+        stores = [cache.find(args.store)] if args.store else cache.stores()
+        damaged = 0
+        for store in stores:
+            report = store.repair() if args.action == "repair" else store.verify()
+            damaged += len(report.damaged)
+            state = "ok" if report.ok else f"{len(report.damaged)} damaged"
+            print(f"{store.path.name[:16]} {store.meta.get('name', '')}: {report.healthy} healthy shards, {state}, "
+                  f"{len(report.temporary)} orphaned temporary files")
+            for shard, problem in report.damaged.items():
+                moved = " -> quarantine/" if shard in report.quarantined else ""
+                print(f"  {shard}: {problem}{moved}")
+        if damaged and args.action == "verify":
+            print("run `featx cache repair` to quarantine damaged shards; their samples are re-embedded on the next run")
+            return 1
+        return 0
     i = cache.find(args.store).info()
     for field in ("key", "name", "fingerprint", "dim", "dtype", "count", "shards", "bytes", "path"):
         print(f"{field:12s} {getattr(i, field)}")
@@ -287,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("cache", help="inspect the embedding cache")
-    p.add_argument("action", choices=["ls", "info"])
-    p.add_argument("store", nargs="?", help="for info: a store key, fingerprint prefix or backbone name")
+    p.add_argument("action", choices=["ls", "info", "verify", "repair"],
+                   help="verify: check every shard; repair: quarantine damaged shards, drop orphaned temporaries")
+    p.add_argument("store", nargs="?", help="a store key, fingerprint prefix or backbone name (verify/repair: default all)")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_cache)
 
