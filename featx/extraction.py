@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .backbones.base import Backbone
+from .backbones.base import Backbone, check_output
 from .cache import DamagedShardError, EmbeddingCache, Store
 from .datasets import Samples, as_samples
-from .errors import BadInputError, PluginError
+from .errors import BadInputError
 
 POLL_SECONDS = 0.2
 
@@ -60,22 +60,6 @@ class Progress:
     def finish(self) -> None:
         if self.enabled:
             print(file=sys.stderr, flush=True)
-
-
-def check_output(backbone: Backbone, out: Any, n: int) -> np.ndarray:
-    """The backbone's output as float32 ``(n, dim)``, or a ``PluginError`` naming the backbone."""
-    problem = None
-    if not isinstance(out, np.ndarray):
-        problem = f"returned {type(out).__name__}, not a numpy array"
-    elif out.shape != (n, backbone.dim):
-        problem = f"returned shape {out.shape} for {n} samples; expected ({n}, {backbone.dim})"
-    elif out.dtype.kind != "f":
-        problem = f"returned dtype {out.dtype}; expected float32"
-    elif not np.isfinite(out).all():
-        problem = "returned NaN or infinite values"
-    if problem:
-        raise PluginError(f"backbone {backbone.name!r} ({type(backbone).__module__}.{type(backbone).__name__}) {problem}")
-    return out.astype(np.float32, copy=False)
 
 
 def _as_is(x):

@@ -93,12 +93,13 @@ class Backbone:
         return self
 
     def embed_many(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
-        """Embed any number of items, ``batch_size`` at a time."""
+        """Embed any number of items, ``batch_size`` at a time (each batch's output is checked)."""
         if not len(items):
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(
-            [self.embed_batch(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
-        )
+        return np.concatenate([
+            check_output(self, self.embed_batch(items[i:i + batch_size]), len(items[i:i + batch_size]))
+            for i in range(0, len(items), batch_size)
+        ])
 
     def __deepcopy__(self, memo) -> "Backbone":
         """Backbones are shared, not copied: ``sklearn.clone`` of an estimator holding one reuses it
@@ -107,6 +108,24 @@ class Backbone:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} modality={self.modality} dim={self.dim}>"
+
+
+def check_output(backbone: Backbone, out: Any, n: int) -> np.ndarray:
+    """A backbone's output as float32 ``(n, dim)``, or a ``PluginError`` naming the backbone."""
+    from ..errors import PluginError
+
+    problem = None
+    if not isinstance(out, np.ndarray):
+        problem = f"returned {type(out).__name__}, not a numpy array"
+    elif out.shape != (n, backbone.dim):
+        problem = f"returned shape {out.shape} for {n} samples; expected ({n}, {backbone.dim})"
+    elif out.dtype.kind != "f":
+        problem = f"returned dtype {out.dtype}; expected float32"
+    elif not np.isfinite(out).all():
+        problem = "returned NaN or infinite values"
+    if problem:
+        raise PluginError(f"backbone {backbone.name!r} ({type(backbone).__module__}.{type(backbone).__name__}) {problem}")
+    return out.astype(np.float32, copy=False)
 
 
 def resolve_device(device: str = "auto") -> str:

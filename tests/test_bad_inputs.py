@@ -1,0 +1,248 @@
+"""A catalogue of inputs a user can get wrong: each gets its exact error type and a message naming it.
+
+``CASES`` maps a case name to a builder ``(tmp_path) -> (action, error type, text the message must
+contain)``; the text is the offending input (a path, a row, a name) wherever there is one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.exceptions import NotFittedError
+
+import featx
+from featx.cache import CacheError
+from featx.datasets import load_image_folder, load_text_table
+from featx.errors import BadInputError, PluginError, UnknownBackboneError, UnknownHeadError
+
+from conftest import CountingTextBackbone
+
+
+def colorhist():
+    return featx.create_backbone("acme/colorhist", bins=4)
+
+
+def embed(X, **kw):
+    return lambda: featx.extract(colorhist(), X, **kw)
+
+
+def embed_text(X, cache):
+    return lambda: featx.extract(CountingTextBackbone(), X, cache_dir=cache)
+
+
+def write(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def good_png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(path)
+    return str(path)
+
+
+def fit(X, y, cache):
+    return lambda: featx.TransferClassifier(CountingTextBackbone(), cache_dir=cache).fit(X, y)
+
+
+def fitted_model(tmp_path):
+    paths = [good_png(tmp_path / "m" / f"{c}{i}.png") for c in "ab" for i in range(3)]
+    for i, p in enumerate(paths[3:]):
+        Image.fromarray(np.full((8, 8, 3), 30 + i, np.uint8)).save(p)
+    clf = featx.TransferClassifier("acme/colorhist", head="knn", head_params={"n_neighbors": 1},
+                                   cache_dir=tmp_path / "c").fit(paths, list("aaabbb"))
+    return featx.save(clf, tmp_path / "model.featx")
+
+
+def tampered(tmp_path, manifest_change):
+    path = fitted_model(tmp_path)
+    out = tmp_path / "tampered.featx"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        manifest = json.loads(src.read("manifest.json"))
+        manifest_change(manifest)
+        dst.writestr("manifest.json", json.dumps(manifest))
+        dst.writestr("head.skops", src.read("head.skops"))
+    return str(out)
+
+
+def failing_replace(code):
+    def action(tmp_path, monkeypatch):
+        import featx.cache as cache_module
+
+        real = cache_module.os.replace
+
+        def replace(src, dst):
+            if "shard-" in str(dst):
+                raise OSError(code, {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system"}[code])
+            return real(src, dst)
+
+        monkeypatch.setattr(cache_module.os, "replace", replace)
+        return embed_text(["x"], tmp_path / "c")
+    return action
+
+
+class Broken(CountingTextBackbone):
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def embed_batch(self, items):
+        return self.output(len(items), self.dim)
+
+
+CASES = {
+    # unreadable images
+    "zero-byte image": lambda t: (embed([write(t / "empty.jpg", b"")], cache_dir=t / "c"), BadInputError, "empty.jpg"),
+    "truncated jpeg": lambda t: (embed([write(t / "cut.jpg", (lambda b: b[: len(b) // 3])(_jpeg_bytes()))], cache_dir=t / "c"),
+                                 BadInputError, "cut.jpg"),
+    "text file named .jpg": lambda t: (embed([write(t / "notes.jpg", b"hello, not a picture")], cache_dir=t / "c"),
+                                       BadInputError, "notes.jpg"),
+    "missing image file": lambda t: (embed([str(t / "gone.png")], cache_dir=t / "c"), BadInputError, "gone.png"),
+    "directory as image": lambda t: (embed([str(t)], cache_dir=t / "c"), BadInputError, str(t)),
+    "every bad file listed": lambda t: (embed([write(t / "a.jpg", b""), good_png(t / "ok.png"), write(t / "b.jpg", b"x")],
+                                              cache_dir=t / "c"), BadInputError, "b.jpg"),
+    "float image array": lambda t: (embed(np.zeros((2, 8, 8, 3)), cache_dir=t / "c"), BadInputError, "float64"),
+    "five-channel array": lambda t: (embed([np.zeros((8, 8, 5), np.uint8)], cache_dir=t / "c"), BadInputError, "(8, 8, 5)"),
+    "1-d image array": lambda t: (embed(np.zeros(10, np.uint8), cache_dir=t / "c"), BadInputError, "(10,)"),
+    "missing image folder": lambda t: (lambda: load_image_folder(t / "nope"), BadInputError, "nope"),
+    "folder without images": lambda t: (lambda: load_image_folder(write(t / "d" / "x" / "a.txt", b"hi")[:-8]),
+                                        BadInputError, "no images found"),
+    # wrong kind of sample for the backbone
+    "text to an image backbone": lambda t: (embed(["a cat"], cache_dir=t / "c"), BadInputError, "a cat"),
+    "image to a text backbone": lambda t: (embed_text([Image.new("RGB", (4, 4))], t / "c"), BadInputError, "sample 0 is an image"),
+    "images mixed with texts": lambda t: (embed_text(["a", np.zeros((4, 4, 3), np.uint8)], t / "c"), BadInputError, "sample 1"),
+    "empty text": lambda t: (embed_text(["fine", ""], t / "c"), BadInputError, "sample 1 is an empty text"),
+    "None text": lambda t: (embed_text(["fine", None], t / "c"), BadInputError, "sample 1 is NoneType"),
+    "bytes text": lambda t: (embed_text([b"raw"], t / "c"), BadInputError, "sample 0 is bytes"),
+    "a single string as X": lambda t: (embed_text("just one string", t / "c"), BadInputError, "got str"),
+    # text files
+    "non-UTF-8 csv": lambda t: (lambda: load_text_table(write(t / "latin.csv", "text,label\ncaf\xe9,a\n".encode("latin-1"))),
+                                BadInputError, "latin.csv"),
+    "csv without the text column": lambda t: (lambda: load_text_table(write(t / "cols.csv", b"body,label\nx,a\n")),
+                                              BadInputError, "'text'"),
+    "broken jsonl line": lambda t: (lambda: load_text_table(write(t / "bad.jsonl", b'{"text": "a"}\n{"text": \n')),
+                                    BadInputError, "line 2"),
+    "unsupported table format": lambda t: (lambda: load_text_table(write(t / "sheet.xlsx", b"PK")), BadInputError, "sheet.xlsx"),
+    "empty csv": lambda t: (lambda: load_text_table(write(t / "empty.csv", b"text,label\n")), BadInputError, "empty.csv"),
+    # labels
+    "None label": lambda t: (fit(["a", "b", "c"], ["x", None, "y"], t / "c"), BadInputError, "rows [1]"),
+    "NaN label": lambda t: (fit(["a", "b", "c"], [1.0, float("nan"), 2.0], t / "c"), BadInputError, "rows [1]"),
+    "single class": lambda t: (fit(["a", "b"], ["x", "x"], t / "c"), BadInputError, "'x'"),
+    "len(X) != len(y)": lambda t: (fit(["a", "b", "c"], ["x", "y"], t / "c"), BadInputError, "len(y) = 2"),
+    # names and estimator use
+    "unknown backbone": lambda t: (lambda: featx.create_backbone("acme/colorhistt"), UnknownBackboneError, "acme/colorhist"),
+    "unknown timm model": lambda t: (lambda: featx.create_backbone("timm/resnet18q").dim, UnknownBackboneError, "resnet18"),
+    "missing hf folder": lambda t: (lambda: featx.create_backbone(f"hf/{t / 'no-model'}"), UnknownBackboneError, "no-model"),
+    "unknown head": lambda t: (lambda: featx.TransferClassifier(CountingTextBackbone(), head="svn", cache_dir=t / "c")
+                               .fit(["a", "b"], ["x", "y"]), UnknownHeadError, "svn"),
+    "predict before fit": lambda t: (lambda: featx.TransferClassifier(CountingTextBackbone()).predict(["a"]),
+                                     NotFittedError, "TransferClassifier"),
+    "pretrained without weights": lambda t: (lambda: featx.create_backbone("timm/resnet18", pretrained=True),
+                                             BadInputError, "weights=<local state_dict file>"),
+    "missing weights file": lambda t: (lambda: featx.create_backbone("timm/resnet18", weights=t / "w.pth"), BadInputError, "w.pth"),
+    # the cache directory
+    "cache dir is a file": lambda t: (embed_text(["x"], write(t / "plain.txt", b"x")), CacheError, "plain.txt"),
+    # model files
+    "missing model file": lambda t: (lambda: featx.load(t / "none.featx"), BadInputError, "none.featx"),
+    "model file that is not a zip": lambda t: (lambda: featx.load(write(t / "junk.featx", b"junk")), BadInputError, "junk.featx"),
+    "model with a forged fingerprint": lambda t: (lambda: featx.load(tampered(t, lambda m: m.update(fingerprint="0" * 32))),
+                                                  BadInputError, "fingerprint"),
+    "model with an unknown format": lambda t: (lambda: featx.load(tampered(t, lambda m: m.update(format="v99"))),
+                                               BadInputError, "'v99'"),
+    # plugins returning bad vectors
+    "backbone returns wrong shape": lambda t: (lambda: featx.extract(Broken(lambda n, d: np.zeros((n, d + 1), np.float32)), ["a"], cache_dir=t / "c"),
+                                               PluginError, "test/counting"),
+    "backbone returns NaN": lambda t: (lambda: featx.extract(Broken(lambda n, d: np.full((n, d), np.nan, np.float32)), ["a"], cache_dir=t / "c"),
+                                       PluginError, "NaN"),
+    "backbone returns integers": lambda t: (lambda: featx.extract(Broken(lambda n, d: np.zeros((n, d), np.int64)), ["a"], cache_dir=t / "c"),
+                                            PluginError, "int64"),
+    "backbone returns a list": lambda t: (lambda: featx.extract(Broken(lambda n, d: [[0.0] * d] * n), ["a"], cache_dir=t / "c"),
+                                          PluginError, "list"),
+}
+
+MONKEYPATCHED = {
+    "full disk": (failing_replace(errno.ENOSPC), CacheError, "disk is full"),
+    "read-only filesystem": (failing_replace(errno.EROFS), CacheError, "read-only"),
+}
+
+
+def _jpeg_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_catalogue_is_large_enough():
+    assert len(CASES) + len(MONKEYPATCHED) >= 30
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path):
+    action, error, named = CASES[name](tmp_path)
+    with pytest.raises(error) as info:
+        action()
+    assert type(info.value) is error or error is NotFittedError
+    assert named in str(info.value), f"{name}: message does not name {named!r}: {info.value}"
+
+
+@pytest.mark.parametrize("name", list(MONKEYPATCHED))
+def test_unwritable_cache_keeps_committed_data(name, tmp_path, monkeypatch):
+    featx.extract(CountingTextBackbone(), ["kept"], cache_dir=tmp_path / "c")
+    build, error, text = MONKEYPATCHED[name]
+    action = build(tmp_path, monkeypatch)
+    with pytest.raises(error, match=text) as info:
+        action()
+    assert str(tmp_path / "c") in str(info.value)
+    monkeypatch.undo()
+    (store,) = featx.EmbeddingCache(tmp_path / "c").stores()
+    assert len(store) == 1 and store.verify().ok and not list(store.path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "P", "RGBA", "LA", "L", "1"])
+def test_unusual_image_modes_are_converted_not_crashed(mode, tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    if mode == "I;16":
+        image = Image.fromarray((rng.integers(0, 65535, (16, 16))).astype(np.uint16))
+    else:
+        image = rgb.convert(mode)
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    image.save(path)
+    Z = featx.extract(colorhist(), [str(path)], cache_dir=tmp_path / "c").vectors
+    assert Z.shape == (1, 12) and np.isfinite(Z).all() and Z.sum() == pytest.approx(3.0, rel=1e-5)
+
+
+def test_sixteen_bit_images_keep_their_contrast(tmp_path):
+    from featx.datasets import as_samples
+
+    ramp = (np.arange(256, dtype=np.uint16)[None, :].repeat(4, 0) * 256)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    pixels = np.asarray(as_samples([str(tmp_path / "ramp.png")], "image").load(0))
+    assert pixels.min() == 0 and pixels.max() == 255  # scaled, not clipped to white
+
+
+def test_skip_policy_reports_every_skipped_file(tmp_path):
+    paths = [good_png(tmp_path / "ok.png"), write(tmp_path / "bad.jpg", b""), good_png(tmp_path / "ok2.png")]
+    result = featx.extract(colorhist(), paths, cache_dir=tmp_path / "c", errors="skip")
+    assert result.ok.tolist() == [True, False, True]
+    assert np.isnan(result.vectors[1]).all() and np.isfinite(result.vectors[[0, 2]]).all()
+    assert len(result.stats.failed) == 1 and "bad.jpg" in result.stats.failed[0]
+    clf = featx.TransferClassifier("acme/colorhist", cache_dir=tmp_path / "c", errors="skip")
+    clf.fit(paths + [good_png(tmp_path / "dark.png")], ["a", "a", "a", "b"])
+    assert clf.last_extraction_.failed and "bad.jpg" in clf.last_extraction_.failed[0]
+
+
+def test_raise_policy_commits_the_healthy_samples_first(tmp_path):
+    paths = [good_png(tmp_path / "ok.png"), write(tmp_path / "bad.jpg", b"")]
+    with pytest.raises(BadInputError, match="1 of 2 samples"):
+        featx.extract(colorhist(), paths, cache_dir=tmp_path / "c")
+    result = featx.extract(colorhist(), paths[:1], cache_dir=tmp_path / "c")
+    assert result.stats.hits == 1 and result.stats.embedded == 0
