@@ -26,6 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PIP) install -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -197,12 +197,13 @@ class Store:
         self.refresh()
         return np.fromiter((k in self._index for k in keys), dtype=bool, count=len(keys))
 
-    def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Vectors for ``keys`` (all must be stored), as float32 ``(len(keys), dim)``."""
+    def get(self, keys: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+        """Vectors for ``keys`` (all must be stored), as float32 ``(len(keys), dim)``, written into
+        ``out`` when given (no second copy of a large matrix)."""
         import h5py
 
         self.refresh()
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        out = np.empty((len(keys), self.dim), dtype=np.float32) if out is None else out
         by_shard: dict[str, tuple[list[int], list[int]]] = {}
         try:
             for i, key in enumerate(keys):

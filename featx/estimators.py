@@ -62,8 +62,8 @@ class _Embeds:
         backbone = self._backbone()
         result = extract(
             backbone, X, cache_dir=self.cache_dir, batch_size=self.batch_size,
-            device=self.device, dtype=self.cache_dtype, num_workers=self.num_workers, errors=self.errors,
-            progress=self.progress,
+            device=self.device, dtype=self.cache_dtype, num_workers=self.num_workers, engine=self.engine,
+            errors=self.errors, progress=self.progress,
         )
         self.last_extraction_ = result.stats
         columns = self._columns(backbone)
@@ -87,7 +87,7 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str | Backbone = "timm/resnet18", *, backbone_options: dict | None = None,
-                 view: str | None = None, cache_dir=None, batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
+                 view: str | None = None, cache_dir=None, batch_size: int | None = None, device: str = "auto", num_workers: int = 0, engine: str = "local",
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.backbone_options = backbone_options
@@ -96,6 +96,7 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.num_workers = num_workers
+        self.engine = engine
         self.cache_dtype = cache_dtype
         self.errors = errors
         self.progress = progress
@@ -135,7 +136,7 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
     def __init__(self, backbone: str | Backbone = "timm/resnet18", head: Any = "logreg", *,
                  head_params: dict | None = None, backbone_options: dict | None = None, view: str | None = None,
                  cache_dir=None,
-                 batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
+                 batch_size: int | None = None, device: str = "auto", num_workers: int = 0, engine: str = "local",
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.head = head
@@ -146,6 +147,7 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.num_workers = num_workers
+        self.engine = engine
         self.cache_dtype = cache_dtype
         self.errors = errors
         self.progress = progress

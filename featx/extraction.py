@@ -6,19 +6,23 @@ finished before the interruption and the next run resumes from there.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backbones.base import Backbone, check_output
+from .backbones.base import Backbone, TorchBackbone, check_output, digest
 from .cache import DamagedShardError, EmbeddingCache, Store
 from .datasets import Samples, as_samples
 from .errors import BadInputError
 
 POLL_SECONDS = 0.2
+TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
 
 
 @dataclass
@@ -111,10 +115,69 @@ def open_store(backbone: Backbone, cache_dir=None, dtype: str = "float32") -> St
     )
 
 
+def _memo_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "featx" / "batch-sizes.json"
+
+
+def _memo_key(backbone: Backbone) -> str:
+    import torch
+
+    return digest(backbone.fingerprint(), getattr(backbone, "device", "cpu"), torch.get_num_threads())
+
+
+def remembered_batch_size(backbone: Backbone) -> int | None:
+    """The batch size an earlier autotune chose for this backbone, device and thread count."""
+    try:
+        return json.loads(_memo_path().read_text()).get(_memo_key(backbone))
+    except (OSError, ValueError):
+        return None
+
+
+def autotune(backbone: Backbone, items: list, candidates: tuple[int, ...] | None = None) -> tuple[int, np.ndarray]:
+    """Embed ``items`` while timing growing batch sizes on real work (nothing is wasted); stops once
+    a size is clearly slower than the best so far.  Returns the fastest size and the vectors; the
+    choice is remembered per backbone/device/threads."""
+    if candidates is None:
+        on_gpu = str(getattr(backbone, "device", "cpu")).startswith(("cuda", "mps"))
+        candidates = TUNE_CANDIDATES["gpu" if on_gpu else "cpu"]
+    outputs, speed, pos = [], {}, 0
+    for size in candidates:
+        if speed and speed[max(speed)] < 0.8 * max(speed.values()):
+            break  # throughput fell off: larger batches will not come back
+        count = max(2 * size, 8)
+        if pos + count > len(items):
+            break
+        timed, seconds = 0, 0.0
+        for lo in range(pos, pos + count, size):
+            t0 = time.perf_counter()
+            outputs.append(check_output(backbone, backbone.embed_batch(items[lo:lo + size]), len(items[lo:lo + size])))
+            if lo > pos:  # the first batch of each size pays one-off costs
+                timed, seconds = timed + size, seconds + time.perf_counter() - t0
+        speed[size] = timed / max(seconds, 1e-9)
+        pos += count
+    best = max(speed, key=speed.get) if speed else backbone.default_batch_size
+    if pos < len(items):
+        outputs.append(backbone.embed_many(items[pos:], best))
+    if speed:
+        try:
+            memo = _memo_path()
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            known = json.loads(memo.read_text()) if memo.exists() else {}
+            known[_memo_key(backbone)] = best
+            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, memo)
+        except (OSError, ValueError):
+            pass  # the memo only saves the next run a few batches of tuning
+    return best, np.concatenate(outputs) if outputs else np.zeros((0, backbone.dim), np.float32)
+
+
 def _fill(store: Store, samples: Samples, keys: list[str], first_index: dict[str, int], backbone: Backbone,
-          batch_size: int, chunk_size: int, num_workers: int, failed: dict[str, str], meter: Progress) -> int:
+          batch_size: int | None, chunk_size: int, num_workers: int, failed: dict[str, str], meter: Progress) -> int:
     """Embed and commit every key of ``keys`` that no writer has stored, sharing the work with other
-    writers through the store's claims; returns how many samples this process embedded."""
+    writers through the store's claims; returns how many samples this process embedded.
+    ``batch_size=None`` autotunes it on the first chunk."""
     embedded = 0
     remaining = list(keys)
     while remaining:
@@ -127,8 +190,11 @@ def _fill(store: Store, samples: Samples, keys: list[str], first_index: dict[str
             if mine:
                 chunk, items = _load(samples, [first_index[k] for k in mine], backbone, num_workers, failed)
                 if chunk:
-                    vectors = check_output(backbone, backbone.embed_many(items, batch_size), len(chunk))
-                    store.put([samples.keys[i] for i in chunk], vectors)
+                    if batch_size is None:
+                        batch_size, raw = autotune(backbone, items)
+                    else:
+                        raw = backbone.embed_many(items, batch_size)
+                    store.put([samples.keys[i] for i in chunk], check_output(backbone, raw, len(chunk)))
                     embedded += len(chunk)
         finally:
             store.release()
@@ -148,6 +214,10 @@ def extract(
     dtype: str = "float32",
     chunk_size: int | None = None,
     num_workers: int = 0,
+    engine: str = "local",
+    address: str | None = None,
+    num_actors: int | None = None,
+    num_gpus: float = 0,
     errors: str = "raise",
     progress: bool = False,
 ) -> Extraction:
@@ -155,12 +225,16 @@ def extract(
 
     ``errors="raise"`` (default) commits every healthy sample, then raises one ``BadInputError``
     listing every unreadable one; ``errors="skip"`` returns NaN rows for them and lists them in
-    ``stats.failed``.  ``num_workers > 0`` decodes (and, for backbones with a ``preprocess``
+    ``stats.failed``.  ``engine="ray"`` embeds the misses on a Ray cluster (``address``; a local one
+    if None) with ``num_actors`` stateful actors of ``num_gpus`` GPUs each, into the same store.
+    ``num_workers > 0`` decodes (and, for backbones with a ``preprocess``
     method, preprocesses) images in that many DataLoader worker processes — worth it beside a GPU,
     slower on a 2-core CPU.
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine={engine!r}: use 'local' or 'ray'")
     start = time.perf_counter()
     samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality)
     store = open_store(backbone, cache_dir, dtype)
@@ -169,22 +243,37 @@ def extract(
     for i in np.flatnonzero(~present):
         first_index.setdefault(samples.keys[i], int(i))
 
-    batch_size = batch_size or backbone.default_batch_size
-    chunk_size = chunk_size or max(batch_size * 8, 256)
-    failed: dict[str, str] = {}
-    meter = Progress(len(first_index), f"embedding with {backbone.name}", progress)
+    if samples.modality == "text":  # similar lengths share a chunk, so each batch pads little
+        first_index = dict(sorted(first_index.items(), key=lambda kv: -len(samples.items[kv[1]])))
     if first_index:
         backbone.to(device)
-    embedded = _fill(store, samples, list(first_index), first_index, backbone, batch_size, chunk_size, num_workers,
-                      failed, meter)
-    meter.finish()
+    if batch_size is None and isinstance(backbone, TorchBackbone) and samples.modality == "image":
+        batch_size = remembered_batch_size(backbone)  # None: autotune on the first chunk
+    else:
+        batch_size = batch_size or backbone.default_batch_size
+    chunk_size = chunk_size or max((batch_size or 32) * 8, 256)
+    failed: dict[str, str] = {}
+    if engine == "ray":
+        from .distributed import embed_with_ray
+
+        embedded = embed_with_ray(backbone, samples, first_index, store, batch_size=batch_size or backbone.default_batch_size,
+                                  chunk_size=chunk_size, device=device, address=address, num_actors=num_actors,
+                                  num_gpus=num_gpus, failed=failed)
+    else:
+        meter = Progress(len(first_index), f"embedding with {backbone.name}", progress)
+        embedded = _fill(store, samples, list(first_index), first_index, backbone, batch_size, chunk_size, num_workers,
+                         failed, meter)
+        meter.finish()
 
     ok = np.fromiter((k not in failed for k in samples.keys), dtype=bool, count=len(samples))
     vectors = np.full((len(samples), backbone.dim), np.nan, dtype=np.float32)
     wanted = [k for k, good in zip(samples.keys, ok) if good]
     for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
         try:
-            vectors[ok] = store.get(wanted)
+            if ok.all():
+                store.get(wanted, out=vectors)
+            else:
+                vectors[ok] = store.get(wanted)
             break
         except DamagedShardError:
             if attempt == 2:

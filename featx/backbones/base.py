@@ -194,3 +194,22 @@ class TorchBackbone(Backbone):
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError
+
+    def embed_many(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
+        """Like ``Backbone.embed_many``; on a GPU out-of-memory error the batch size is halved and
+        the call retried (the smaller size then sticks for this backbone)."""
+        import torch
+
+        batch_size = min(batch_size, getattr(self, "_max_batch", batch_size))
+        while True:
+            try:
+                return self.embed_chunk(items, batch_size)
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                batch_size = self._max_batch = batch_size // 2
+
+    def embed_chunk(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
+        """The batched loop behind ``embed_many`` (override for a faster one)."""
+        return Backbone.embed_many(self, items, batch_size)

@@ -104,7 +104,7 @@ class HFBackbone(TorchBackbone):
             pooled.append(torch.nn.functional.normalize(v, dim=1) if self.normalize else v)
         return torch.cat(pooled, dim=1)
 
-    def embed_many(self, items: Sequence[str], batch_size: int) -> np.ndarray:
+    def embed_chunk(self, items: Sequence[str], batch_size: int) -> np.ndarray:
         """Tokenise once, sort by token length, run dynamic-padded batches, restore the input order."""
         import torch
 

@@ -1,0 +1,126 @@
+"""The cache and the estimator overhead, independent of any model.
+
+    .venv/bin/python benchmarks/bench_cache.py
+
+- read 100k x 768 float32 vectors back (warm page cache) -> GB/s (target >= 1)
+- a warm TransferClassifier.fit on 10k cached samples: share of time outside the head's own fit (< 5 %)
+- peak RSS while extracting 50k vs 200k texts, minus the output matrix (flat = no growth with n)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import featx
+from common import save
+
+MEMORY_CHILD = r"""
+import hashlib, json, sys, tempfile
+import numpy as np
+import featx
+
+class Hash(featx.Backbone):
+    modality, name, dim = "text", "bench/hash", 384
+    def fingerprint(self): return featx.digest("bench/hash")
+    def embed_batch(self, items):
+        seeds = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "little") for t in items]
+        return np.stack([np.random.default_rng(s).random(384, dtype=np.float32) for s in seeds])
+
+def kb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+
+n = int(sys.argv[1])
+texts = [f"a short text number {i} for the memory benchmark" for i in range(n)]
+before = kb("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+with tempfile.TemporaryDirectory() as cache:
+    Z = featx.extract(Hash(), texts, cache_dir=cache).vectors
+print(json.dumps({"n": n, "growth_mb": (kb("VmHWM:") - before) / 1024, "output_mb": Z.nbytes / 2**20}))
+"""
+
+
+def read_speed(n: int = 100_000, dim: int = 768, shard: int = 1024) -> dict:
+    rng = np.random.default_rng(0)
+    keys = [f"{i:032x}" for i in range(n)]
+    with tempfile.TemporaryDirectory() as cache:
+        store = featx.EmbeddingCache(cache).store("bench", name="bench", dim=dim)
+        for lo in range(0, n, shard):
+            store.put(keys[lo:lo + shard], rng.random((min(shard, n - lo), dim), dtype=np.float32))
+        featx.EmbeddingCache(cache).store("bench", name="bench", dim=dim).get(keys)  # warm the page cache
+        fresh = featx.EmbeddingCache(cache).store("bench", name="bench", dim=dim)
+        t0 = time.perf_counter()
+        fresh.get(keys)
+        cold_index = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fresh.get(keys)
+        warm_index = time.perf_counter() - t0
+    gb = n * dim * 4 / 1e9
+    return {"vectors": n, "dim": dim, "shards": -(-n // shard), "gb": gb,
+            "gb_per_s_including_index": gb / cold_index, "gb_per_s_index_warm": gb / warm_index}
+
+
+def fit_overhead(n: int = 10_000, dim: int = 384) -> dict:
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((n, dim)).astype(np.float32)
+    labels = np.asarray(["a", "b", "c", "d"])[rng.integers(0, 4, n)]
+    table[np.arange(n), rng.integers(0, dim, n)] += 3.0
+
+    class Table(featx.Backbone):
+        modality, name, dim = "text", "bench/table", 384
+
+        def fingerprint(self):
+            return featx.digest("bench/table", 1)
+
+        def embed_batch(self, items):
+            return table[[int(t.split()[1]) for t in items]]
+
+    texts = [f"sample {i}" for i in range(n)]
+    from featx.heads import make_head
+
+    make_head("logreg").fit(table[:500], labels[:500])  # imports and first-call costs out of both timings
+    with tempfile.TemporaryDirectory() as cache:
+        backbone = Table()
+        featx.extract(backbone, texts, cache_dir=cache)  # warm the cache
+        clf = featx.TransferClassifier(backbone, head="logreg", cache_dir=cache)
+        t0 = time.perf_counter()
+        clf.fit(texts, labels)
+        total = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    make_head("logreg").fit(table, labels)
+    head = time.perf_counter() - t0
+    return {"samples": n, "fit_s": total, "head_fit_s": head, "outside_head": max(total - head, 0.0) / total}
+
+
+def memory() -> dict:
+    runs = [json.loads(subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n)], capture_output=True, text=True,
+                                      check=True).stdout) for n in (50_000, 200_000)]
+    return {f"{r['n']}": {"peak_growth_mb": r["growth_mb"], "output_mb": r["output_mb"],
+                          "beyond_output_mb": r["growth_mb"] - r["output_mb"]} for r in runs}
+
+
+def main() -> dict:
+    result = {"read": read_speed(), "fit": fit_overhead(), "memory": memory()}
+    r, f, m = result["read"], result["fit"], result["memory"]
+    print(f"cache   read {r['vectors']} x {r['dim']} float32 ({r['gb']:.2f} GB, {r['shards']} shards): "
+          f"{r['gb_per_s_including_index']:.2f} GB/s with index build, {r['gb_per_s_index_warm']:.2f} GB/s warm")
+    print(f"cache   warm TransferClassifier.fit on {f['samples']} samples: {f['fit_s']:.2f}s, head alone "
+          f"{f['head_fit_s']:.2f}s -> {100 * f['outside_head']:.1f}% outside the head")
+    for n, v in m.items():
+        print(f"memory  extract {int(n):>7d} texts: peak +{v['peak_growth_mb']:.0f} MB, output {v['output_mb']:.0f} MB, "
+              f"beyond output {v['beyond_output_mb']:.0f} MB")
+    save("cache", result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()

@@ -1,0 +1,91 @@
+"""featx timm/tf_efficientnet_lite0 (default settings) vs careful hand loops and a typical DataLoader loop.
+
+    .venv/bin/python benchmarks/bench_images.py
+
+Everything decodes and resizes the same textile JPEGs at the model's default 224 px data config.
+featx runs on a fresh cache twice: cold (no remembered batch size, its autotune inside the timing) and
+with the batch size it remembered; the ratios use the second, the steady state of every later run.
+Targets: >= 1.0x the best hand loop, >= 2x the batch-32 DataLoader loop, and end-to-end / bare forward
+at its best batch size >= 0.9.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from PIL import Image
+
+import featx
+from common import image_paths, save, timed
+
+N = int(os.environ.get("FEATX_BENCH_IMAGES", 400))
+
+
+class Folder(torch.utils.data.Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.transform(Image.open(self.paths[i]).convert("RGB"))
+
+
+def main() -> dict:
+    paths = image_paths(N)
+    backbone = featx.create_backbone("timm/tf_efficientnet_lite0")
+    model, transform = backbone.model, backbone.transform()
+
+    def forward(x):
+        with torch.inference_mode():
+            return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    def hand_loop(batch):
+        for lo in range(0, len(paths), batch):
+            forward(torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[lo:lo + batch]]))
+
+    def dataloader_loop(batch, workers):
+        for x in torch.utils.data.DataLoader(Folder(paths, transform), batch_size=batch, num_workers=workers):
+            forward(x)
+
+    def best_of_two(fn, *args) -> float:  # this VM's speed drifts: every contender gets its better of 2 runs
+        return max(N / timed(fn, *args)[0] for _ in range(2))
+
+    hand_loop(8)  # warm-up
+    rates = {f"hand loop, batch {b}": best_of_two(hand_loop, b) for b in (1, 2, 4, 8, 32)}
+    rates["DataLoader, batch 32, 2 workers"] = best_of_two(dataloader_loop, 32, 2)
+    rates["DataLoader, batch 32, 0 workers"] = best_of_two(dataloader_loop, 32, 0)
+    tensors = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[:64]])
+    bare = {b: 64 / timed(lambda: [forward(tensors[i:i + b]) for i in range(0, 64, b)])[0] for b in (1, 2, 4, 8)}
+
+    from featx.extraction import _memo_path
+
+    _memo_path().unlink(missing_ok=True)  # cold: featx tunes its batch size inside the timing
+    with tempfile.TemporaryDirectory() as cache:
+        cold_s, _ = timed(featx.Embedder(backbone, cache_dir=cache).transform, paths)
+    def featx_run():  # the remembered batch size, a fresh cache each time
+        with tempfile.TemporaryDirectory() as cache:
+            featx.Embedder(backbone, cache_dir=cache).transform(paths)
+
+    featx_rate = best_of_two(featx_run)
+    best_hand = max(v for k, v in rates.items() if k.startswith("hand"))
+    result = {"images": N, "featx_per_s": featx_rate, "featx_cold_per_s": N / cold_s, "loops_per_s": rates, "bare_forward_per_s": bare,
+              "vs_best_hand_loop": featx_rate / best_hand,
+              "vs_dataloader_b32_w2": featx_rate / rates["DataLoader, batch 32, 2 workers"],
+              "vs_bare_forward_best": featx_rate / max(bare.values())}
+    for name, rate in rates.items():
+        print(f"images  {name:34s} {rate:6.1f} img/s")
+    print(f"images  bare forward (pre-decoded), best batch {max(bare, key=bare.get):2d}     {max(bare.values()):6.1f} img/s")
+    print(f"images  featx defaults, first run (autotuning)    {N / cold_s:6.1f} img/s")
+    print(f"images  featx defaults (tuned batch remembered)   {featx_rate:6.1f} img/s  -> "
+          f"{result['vs_best_hand_loop']:.2f}x best hand loop, {result['vs_dataloader_b32_w2']:.2f}x DataLoader b32/w2, "
+          f"{result['vs_bare_forward_best']:.2f} of bare forward")
+    save("images", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
