@@ -2,6 +2,7 @@
 
     featx backbones 'timm/*resnet*'
     featx extract data/images --backbone timm/tf_efficientnet_lite0
+    featx extract data/images --backbone timm/tf_efficientnet_lite0 --engine ray --address auto --num-gpus 1
     featx fit reviews.csv --backbone hf/all-MiniLM-L6-v2 --head logreg --out model.featx
     featx predict model.featx new_reviews.csv
     featx cache ls
@@ -42,12 +43,20 @@ def _add_backbone_args(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--errors", choices=["raise", "skip"], default="raise", help="unreadable samples")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="where misses are embedded")
+    p.add_argument("--address", help="Ray cluster address (engine ray; default: start a local one)")
+    p.add_argument("--num-actors", type=int, help="Ray actors, one backbone each (default: one per CPU/GPU)")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray actor (default 0: CPU)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
 
 def _estimator_kwargs(args) -> dict:
+    if args.address or args.num_actors or args.num_gpus:
+        raise SystemExit("featx: error: --address/--num-actors/--num-gpus apply to `featx extract`; extract first, "
+                         "then fit from the cache")
     return dict(backbone=args.backbone, backbone_options=dict(args.option) or None, cache_dir=args.cache_dir,
-                batch_size=args.batch_size, device=args.device, errors=args.errors, progress=not args.quiet)
+                batch_size=args.batch_size, device=args.device, engine=args.engine, errors=args.errors,
+                progress=not args.quiet)
 
 
 def _dataset_for(args, backbone):
@@ -85,7 +94,8 @@ def cmd_extract(args) -> int:
     backbone = resolve_backbone(args.backbone, dict(args.option) or None)
     X, _ = _dataset_for(args, backbone)
     result = extract(backbone, X, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
-                     errors=args.errors, progress=not args.quiet)
+                     errors=args.errors, progress=not args.quiet, engine=args.engine, address=args.address,
+                     num_actors=args.num_actors, num_gpus=args.num_gpus)
     s = result.stats
     print(f"{s.backbone}: {s.samples} samples ({s.unique} unique), {s.hits} cached, {s.embedded} embedded "
           f"in {s.seconds:.1f}s → store {s.store_key}")
@@ -210,7 +220,8 @@ def cmd_sweep(args) -> int:
     X_train, y_train, X_test, y_test = _split(args, X, y)
     result = sweep(X_train, y_train, backbones=[(b, options[b] or None) for b in args.backbone],
                    heads=args.head or ["logreg", "svm", "mlp", "knn"], X_test=X_test, y_test=y_test, cv=args.cv,
-                   cache_dir=args.cache_dir, run_dir=args.run_dir, seed=args.seed, progress=not args.quiet)
+                   cache_dir=args.cache_dir, run_dir=args.run_dir, seed=args.seed, progress=not args.quiet,
+                   engine=args.engine)
     source = {"data": str(Path(args.data).resolve()), "text_column": args.text_column, "label_column": args.label_column,
               "test_size": args.test_size, "seed": args.seed, "options": options}
     (Path(args.run_dir) / "source.json").write_text(json.dumps(source, indent=2))
@@ -318,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cv", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--test-size", type=float, default=0.3, help="held-out fraction (default 0.3; 0 for none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="where misses are embedded")
     p.add_argument("--run-dir", required=True, help="folder for the leaderboard, manifest, best model, report")
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", "-q", action="store_true")

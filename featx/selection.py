@@ -170,14 +170,15 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
           backbone_options: dict | None = None, X_test=None, y_test=None, test_size: float | None = None,
           cv: int = 5, grids: dict | None = None, views: bool = True, transferability: bool = True,
           cache_dir=None, run_dir=None, seed: int = 0, n_jobs: int | None = None, progress: bool = True,
-          report: bool = True) -> SweepResult:
+          report: bool = True, engine: str = "local") -> SweepResult:
     """Rank every backbone × view × head on ``(X, y)`` by cross-validated accuracy.
 
     ``backbones``: registered names, ``(name, options)`` pairs or ``Backbone`` instances
     (``backbone_options`` maps names to options).  ``heads``: built-in names or scikit-learn
     classifiers; ``grids`` overrides a head's grid by its name.  A test split (``X_test``/``y_test``,
     or ``test_size`` to split off a stratified one) is scored once per row and never seen by CV.
-    ``views=False`` evaluates only the full vector of multi-layer backbones.  With ``run_dir``,
+    ``views=False`` evaluates only the full vector of multi-layer backbones.  ``engine="ray"``
+    embeds cache misses on a Ray cluster (see ``featx.extract``).  With ``run_dir``,
     writes the leaderboard, a manifest, the best model (``best.featx``) and an HTML report.
     """
     from sklearn.model_selection import train_test_split
@@ -209,8 +210,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     for spec, options in _specs(backbones, backbone_options):
         backbone = resolve_backbone(spec, options)
         say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else ""))
-        train = extract(backbone, X, cache_dir=cache_dir, progress=progress)
-        test = extract(backbone, X_test, cache_dir=cache_dir, progress=progress) if X_test is not None else None
+        train = extract(backbone, X, cache_dir=cache_dir, progress=progress, engine=engine)
+        test = extract(backbone, X_test, cache_dir=cache_dir, progress=progress, engine=engine) if X_test is not None else None
         if data_key is None:
             keys = as_samples(X, backbone.modality).keys
             data_key = digest("data", keys, [str(v) for v in y])

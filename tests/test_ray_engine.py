@@ -17,7 +17,11 @@ from conftest import CountingTextBackbone  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)  # workers import the test backbones from here
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"PYTHONPATH": tests}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
