@@ -18,9 +18,9 @@ _EXPORTS = {
     "file_digest": "backbones.base", "EmbeddingCache": "cache", "Embedder": "estimators",
     "TransferClassifier": "estimators", "extract": "extraction", "hookimpl": "hookspecs",
     "finetune": "finetuning", "FineTunedClassifier": "finetuning", "sweep": "selection",
-    "SweepResult": "selection", "load": "persist", "save": "persist", "create_backbone": "registry", "list_backbones": "registry",
-    "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors", "PluginError": "errors",
-    "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
+    "SweepResult": "selection", "load": "persist", "save": "persist", "create_backbone": "registry",
+    "list_backbones": "registry", "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors",
+    "PluginError": "errors", "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

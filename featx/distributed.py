@@ -11,8 +11,6 @@ The cache directory must be visible to every node (a shared filesystem) for mult
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from .backbones.base import Backbone, check_output
@@ -84,5 +82,3 @@ def embed_with_ray(backbone: Backbone, samples: Samples, first_index: dict[str, 
         embedded += bool(row["embedded"])
     return embedded
 
-
-__all__: list[Any] = ["EmbedActor", "embed_with_ray"]

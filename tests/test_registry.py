@@ -63,3 +63,12 @@ def test_import_featx_and_help_do_not_import_torch():
     assert out.split() == ["False", "False"]
     help_text = subprocess.run([sys.executable, "-m", "featx", "--help"], capture_output=True, text=True, check=True).stdout
     assert "backbones" in help_text and "extract" in help_text
+
+
+def test_public_functions_are_not_shadowed_by_their_modules():
+    import featx.extraction  # noqa: F401
+    import featx.finetuning  # noqa: F401
+    import featx.selection  # noqa: F401
+
+    assert all(callable(f) and f.__module__.startswith("featx.") for f in (featx.extract, featx.sweep, featx.finetune))
+    assert featx.sweep.__name__ == "sweep" and featx.finetune.__name__ == "finetune"
