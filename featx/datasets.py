@@ -53,6 +53,23 @@ def _pixels(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+class _Numbered(Sequence[str]):
+    """``prefix[0]``, ``prefix[1]``, … made on demand (no string kept per sample)."""
+
+    def __init__(self, prefix: str, n: int) -> None:
+        self.prefix, self.n = prefix, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return f"{self.prefix}[{i % self.n}]"
+
+
 @dataclass
 class Samples:
     """Normalised samples: ``items`` (paths, pixel arrays or texts), their ``keys`` and ``names``."""
@@ -60,7 +77,7 @@ class Samples:
     modality: str
     items: list[Any]
     keys: list[str]
-    names: list[str]
+    names: Sequence[str]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -130,7 +147,7 @@ def _text_samples(X: list) -> Samples:
         if not x.strip():
             raise BadInputError(f"sample {i} is an empty text; drop it or give it content")
         keys.append(_hash(b"text", x.encode("utf-8", errors="surrogatepass")))
-    return Samples("text", X, keys, [f"text[{i}]" for i in range(len(X))])
+    return Samples("text", X, keys, _Numbered("text", len(X)))
 
 
 def _image_samples(X: list) -> Samples:
