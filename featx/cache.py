@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .backbones.base import write_json_atomic
 from .errors import CacheError
 
 STORAGE_DTYPES = ("float32", "float16")
@@ -347,9 +348,7 @@ class Store:
                 claims = self.path / "claims"
                 claims.mkdir(exist_ok=True)
                 body = {"owner": self._owner, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "keys": mine}
-                tmp = claims / f".{self._owner}.tmp"
-                tmp.write_text(json.dumps(body))
-                os.replace(tmp, claims / f"{self._owner}.json")
+                write_json_atomic(claims / f"{self._owner}.json", body)
             return mine, waiting
 
     def release(self) -> None:
@@ -393,9 +392,7 @@ class EmbeddingCache:
         }
         try:
             path.mkdir(parents=True, exist_ok=True)
-            tmp = path / f".tmp-meta-{uuid.uuid4().hex[:8]}.json"
-            tmp.write_text(json.dumps(meta, indent=2))
-            os.replace(tmp, meta_path)
+            write_json_atomic(meta_path, meta, indent=2)
         except OSError as exc:
             raise _writable_or_raise(self.root, exc) from None
         return Store(path, meta)

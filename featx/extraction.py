@@ -7,7 +7,6 @@ finished before the interruption and the next run resumes from there.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .backbones.base import Backbone, TorchBackbone, check_output, digest
+from .backbones.base import Backbone, TorchBackbone, check_output, digest, user_cache_dir, write_json_atomic
 from .cache import DamagedShardError, EmbeddingCache, Store
 from .datasets import Samples, as_samples
 from .errors import BadInputError
@@ -116,8 +115,7 @@ def open_store(backbone: Backbone, cache_dir=None, dtype: str = "float32") -> St
 
 
 def _memo_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "featx" / "batch-sizes.json"
+    return user_cache_dir() / "batch-sizes.json"
 
 
 def _memo_key(backbone: Backbone) -> str:
@@ -165,9 +163,7 @@ def autotune(backbone: Backbone, items: list, candidates: tuple[int, ...] | None
             memo.parent.mkdir(parents=True, exist_ok=True)
             known = json.loads(memo.read_text()) if memo.exists() else {}
             known[_memo_key(backbone)] = best
-            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known))
-            os.replace(tmp, memo)
+            write_json_atomic(memo, known)
         except (OSError, ValueError):
             pass  # the memo only saves the next run a few batches of tuning
     return best, np.concatenate(outputs) if outputs else np.zeros((0, backbone.dim), np.float32)

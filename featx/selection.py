@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backbones.base import Backbone, digest
+from .backbones.base import Backbone, digest, write_json_atomic
 from .cache import EmbeddingCache
 from .errors import BadInputError
 from .heads import HEADS, head_name, make_head
@@ -103,13 +103,9 @@ class _ResultsCache:
             return None
 
     def put(self, key: str, value) -> None:
-        import os
-
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.root / f".{key}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(value))
-            os.replace(tmp, self.root / f"{key}.json")
+            write_json_atomic(self.root / f"{key}.json", value)
         except OSError:
             pass  # a results cache that cannot be written only costs time
 

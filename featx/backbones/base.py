@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,6 +41,25 @@ def digest(*parts: Any) -> str:
     """
     payload = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """Where featx keeps small per-user memos: ``$XDG_CACHE_HOME/featx`` (default ``~/.cache/featx``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featx"
+
+
+def write_json_atomic(path, value: Any, indent: int | None = None) -> None:
+    """Write ``value`` as JSON to ``path`` through a temporary file and a rename: readers (in any
+    process) see the old file or the new one, never half of one.  ``OSError`` is the caller's."""
+    import uuid
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(value, indent=indent))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 _file_digests: dict[tuple[str, int, int], str] = {}

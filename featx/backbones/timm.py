@@ -24,16 +24,11 @@ import numpy as np
 
 from ..errors import BadInputError, UnknownBackboneError, did_you_mean
 from ..hookspecs import hookimpl
-from .base import TorchBackbone, digest, file_digest
+from .base import TorchBackbone, digest, file_digest, user_cache_dir, write_json_atomic
 
 ADAPTER_VERSION = 1
 INIT_SEED = 0
 LAYER_POOLINGS = ("avg", "max", "avgmax")
-
-
-def _spec_memo_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "featx" / "timm-specs"
 
 
 class TimmBackbone(TorchBackbone):
@@ -70,16 +65,14 @@ class TimmBackbone(TorchBackbone):
     def _spec(self) -> dict:
         if self._spec_cache is None:
             key = digest(ADAPTER_VERSION, version("timm"), self.model_name, self.pooling, self.layers, self.image_size)
-            memo = _spec_memo_dir() / f"{key}.json"
+            memo = user_cache_dir() / "timm-specs" / f"{key}.json"
             try:
                 self._spec_cache = json.loads(memo.read_text())
             except (OSError, ValueError):
                 self._spec_cache = self._compute_spec()
                 try:
                     memo.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_text(json.dumps(self._spec_cache))
-                    os.replace(tmp, memo)
+                    write_json_atomic(memo, self._spec_cache)
                 except OSError:
                     pass  # the memo only saves time
         return self._spec_cache
