@@ -27,6 +27,7 @@ def main() -> None:
         ("images: featx defaults / best hand loop", images["vs_best_hand_loop"], ">= 1.0"),
         ("images: featx defaults / DataLoader b32 w2", images["vs_dataloader_b32_w2"], ">= 2.0"),
         ("images: featx end to end / bare forward (best batch)", images["vs_bare_forward_best"], ">= 0.9"),
+        ("images: featx end to end / its own folded forward", images["vs_featx_forward_best"], "(decode cost)"),
         ("cache: read 100k x 768 float32, GB/s (index warm)", cache["read"]["gb_per_s_index_warm"], ">= 1.0"),
         ("cache: warm fit on 10k, share outside the head", cache["fit"]["outside_head"], "< 0.05"),
         ("memory: extra MB beyond output, 200k texts", cache["memory"]["200000"]["beyond_output_mb"], "flat"),

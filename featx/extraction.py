@@ -22,6 +22,7 @@ from .errors import BadInputError
 
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
+TUNE_VERSION = 2  # bump when the inference path changes speed: remembered sizes are then tuned again
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _memo_path() -> Path:
 def _memo_key(backbone: Backbone) -> str:
     import torch
 
-    return digest(backbone.fingerprint(), getattr(backbone, "device", "cpu"), torch.get_num_threads())
+    return digest(TUNE_VERSION, backbone.fingerprint(), getattr(backbone, "device", "cpu"), torch.get_num_threads())
 
 
 def remembered_batch_size(backbone: Backbone) -> int | None:

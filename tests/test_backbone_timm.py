@@ -55,12 +55,81 @@ def test_layers_from_one_forward_pass_equal_single_layer_runs(images):
 
 def test_forward_is_counted_once_for_several_layers(images):
     b = backbone(layers=[-1, -2, -3])
+    b.embed_batch(images[:1])  # builds the model and its inference copy
     calls = []
-    b.model.register_forward_hook(lambda *a: None)
-    original = b.model.forward_intermediates
-    b.model.forward_intermediates = lambda *a, **k: calls.append(1) or original(*a, **k)
+    for module in {id(m): m for m in (b.model, b._inference_model())}.values():
+        original = module.forward_intermediates
+        module.forward_intermediates = lambda *a, original=original, **k: calls.append(1) or original(*a, **k)
     b.embed_batch(images)
     assert len(calls) == 1
+
+
+def plain_forward(b, images):
+    """What a user's own loop computes: timm's eval transform, contiguous memory, no folding."""
+    x = torch.stack([b.transform()(im) for im in images])
+    with torch.inference_mode():
+        return b.forward(x).numpy()
+
+
+def randomise_batchnorm(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+def test_batchnorm_is_folded_for_inference_and_the_model_stays_trainable(images):
+    b = backbone()
+    randomise_batchnorm(b.model)
+    Z = b.embed_batch(images)
+    fast = b._inference_model()
+    norms = lambda m: sum(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.modules())  # noqa: E731
+    assert norms(fast) == 0 and norms(b.model) > 0  # folded copy for inference; the original keeps its BatchNorms
+    assert fast.conv_stem.bias is not None and b.model.conv_stem.bias is None
+    np.testing.assert_allclose(Z, plain_forward(b, images), rtol=1e-4, atol=1e-5)
+
+
+def test_changed_weights_rebuild_the_inference_copy(images):
+    b = backbone()
+    before = b.embed_batch(images)
+    randomise_batchnorm(b.model, seed=1)  # as fine-tuning or a state_dict load would change them
+    with torch.no_grad():
+        b.model.conv_stem.weight.mul_(1.5)
+    after = b.embed_batch(images)
+    assert not np.allclose(before, after, atol=1e-4)
+    np.testing.assert_allclose(after, plain_forward(b, images), rtol=1e-4, atol=1e-5)
+
+
+class SharedConvOutput(torch.nn.Module):
+    """conv -> BatchNorm, but the conv output also feeds a residual sum: folding would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4).eval()
+        randomise_batchnorm(self)
+
+    def forward_features(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+    def forward_head(self, x, pre_logits=True):
+        return x.mean(dim=(2, 3))
+
+
+def test_folding_that_changes_outputs_is_refused():
+    from featx.backbones.timm import fold_batchnorm
+
+    model = SharedConvOutput()
+    x = torch.randn(2, 3, 64, 64)
+    folded = fold_batchnorm(model, lambda m: m.forward_features(x))
+    with torch.inference_mode():
+        assert not torch.allclose(folded.forward_features(x), model.forward_features(x), atol=1e-3)
+    assert backbone().optimize(model) is model  # the outputs check keeps the original
 
 
 @pytest.mark.parametrize("change", [{"pooling": "max"}, {"layers": [-1]}, {"image_size": 72}, {"precision": "bf16"}])
@@ -125,7 +194,9 @@ def test_timm_namespace_lists_models():
 
 
 def test_dataloader_workers_give_the_same_vectors(image_folder, tmp_path):
-    paths, _ = featx.datasets.load_image_folder(image_folder)
+    from featx.datasets import load_image_folder
+
+    paths, _ = load_image_folder(image_folder)
     serial = featx.Embedder(f"timm/{MODEL}", backbone_options={"image_size": 64}, cache_dir=tmp_path / "a").transform(paths)
     workers = featx.Embedder(f"timm/{MODEL}", backbone_options={"image_size": 64}, cache_dir=tmp_path / "b",
                              num_workers=2, batch_size=4).transform(paths)

