@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from .errors import CacheError
 
 STORAGE_DTYPES = ("float32", "float16")
 KEY_DTYPE = "S32"
+STORED, MINE, WAITING, FREE = 0, 1, 2, 3  # a key's status in Store.claim_status
 CLAIM_TIMEOUT = float(os.environ.get("FEATX_CLAIM_TIMEOUT", 600))  # seconds before another host's claim is stale
 TMP_TIMEOUT = 600.0  # seconds before an orphaned temporary shard is garbage
 
@@ -141,6 +143,105 @@ class StoreInfo:
     path: Path
 
 
+def as_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Sample keys (hex ``str`` or an ``S32`` array, as ``Samples.keys`` holds them) as an ``S32`` array."""
+    if isinstance(keys, np.ndarray) and keys.dtype == np.dtype(KEY_DTYPE):
+        return keys
+    arr = np.asarray(list(keys) if not isinstance(keys, np.ndarray) else keys)
+    if arr.size == 0:
+        return np.zeros(0, dtype=KEY_DTYPE)
+    if arr.dtype.kind not in "US" or arr.dtype.itemsize > (4 if arr.dtype.kind == "U" else 1) * 32:
+        raise CacheError(f"sample keys must be strings of at most 32 ASCII characters, got {arr.dtype} keys")
+    return arr.astype(KEY_DTYPE)
+
+
+@dataclass
+class _Run:
+    """One sorted run of the index: ``keys`` ascending, with the shard number and row of each."""
+
+    keys: np.ndarray
+    shard: np.ndarray
+    row: np.ndarray
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in this run of ``keys`` and which of them are present."""
+        pos = np.searchsorted(self.keys, keys)
+        pos[pos == len(self.keys)] = 0
+        return pos, (self.keys[pos] == keys) if len(self.keys) else np.zeros(len(keys), bool)
+
+    @staticmethod
+    def merge(older: "_Run", newer: "_Run") -> "_Run":
+        """One run holding both; where a key is in both, the older entry wins."""
+        keys = np.concatenate([older.keys, newer.keys])
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        first = np.ones(len(keys), bool)
+        first[1:] = keys[1:] != keys[:-1]
+        order = order[first]
+        return _Run(keys[first], np.concatenate([older.shard, newer.shard])[order],
+                    np.concatenate([older.row, newer.row])[order])
+
+
+class _Index:
+    """Where each stored key lives: a few sorted numpy runs of (key, shard number, row), about 40
+    bytes per sample, merged like a binary counter as shards arrive; the oldest entry of a key wins.
+
+    One per store folder and process, shared by its ``Store`` objects, so a second extraction
+    reads only the shards committed since the first.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[_Run] = []
+        self.shards: list[str] = []  # shard number -> file name
+        self.seen: set[str] = set()
+        self.lock = threading.RLock()
+
+    def add(self, shards: list[tuple[str, np.ndarray]]) -> None:
+        """Index newly read shards: ``(file name, keys)`` pairs."""
+        if not shards:
+            return
+        number = [np.full(len(keys), len(self.shards) + i, dtype=np.int32) for i, (_, keys) in enumerate(shards)]
+        run = _Run.merge(_Run(np.zeros(0, KEY_DTYPE), np.zeros(0, np.int32), np.zeros(0, np.int32)),
+                         _Run(np.concatenate([keys for _, keys in shards]), np.concatenate(number),
+                              np.concatenate([np.arange(len(keys), dtype=np.int32) for _, keys in shards])))
+        for name, _ in shards:
+            self.shards.append(name)
+            self.seen.add(name)
+        self.runs.append(run)
+        while len(self.runs) > 1 and len(self.runs[-2].keys) <= 2 * len(self.runs[-1].keys):
+            newer = self.runs.pop()
+            self.runs[-1] = _Run.merge(self.runs[-1], newer)
+
+    def forget(self, names: set[str]) -> None:
+        """Drop the keys of shards that were quarantined or removed."""
+        numbers = [i for i, name in enumerate(self.shards) if name in names]
+        if numbers:
+            self.runs = [_Run(r.keys[keep], r.shard[keep], r.row[keep]) for r in self.runs
+                         for keep in [~np.isin(r.shard, numbers)]]
+        self.seen -= names
+
+    def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shard number and row of each key, and which keys are stored."""
+        shard = np.full(len(keys), -1, dtype=np.int32)
+        row = np.zeros(len(keys), dtype=np.int32)
+        found = np.zeros(len(keys), dtype=bool)
+        for run in self.runs:
+            pos, here = run.find(keys)
+            here &= ~found
+            shard[here], row[here] = run.shard[pos[here]], run.row[pos[here]]
+            found |= here
+        return shard, row, found
+
+    def __len__(self) -> int:
+        if len(self.runs) < 2:
+            return sum(len(run.keys) for run in self.runs)
+        return len(np.unique(np.concatenate([run.keys for run in self.runs])))  # two writers may have raced on a key
+
+
+_indexes: dict[str, _Index] = {}
+_indexes_lock = threading.Lock()
+
+
 class Store:
     """The embeddings of one backbone configuration: look up, read and append by sample key."""
 
@@ -149,28 +250,37 @@ class Store:
         self.meta = meta
         self.dim: int = meta["dim"]
         self.dtype: str = meta["dtype"]
-        self._index: dict[str, tuple[str, int]] = {}
-        self._seen: set[str] = set()
+        with _indexes_lock:
+            self._index = _indexes.setdefault(os.path.realpath(path), _Index())
         self._owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def refresh(self) -> None:
-        """Index shards committed since the last look (by this or any other process)."""
+        """Index shards committed since the last look (by this or any other process), and forget
+        shards that are gone."""
         import h5py
 
-        for shard in sorted(p.name for p in self.path.glob("shard-*.h5")):
-            if shard in self._seen:
-                continue
-            try:
-                with h5py.File(self.path / shard, "r") as f:
-                    keys = f["keys"][...]
-                    if f["vectors"].shape != (len(keys), self.dim):
-                        raise ValueError(f"vectors shape {f['vectors'].shape} for {len(keys)} keys")
-            except Exception as exc:
-                self._quarantine(shard, f"unreadable ({type(exc).__name__}: {exc})")
-                continue
-            for row, key in enumerate(keys):
-                self._index.setdefault(key.decode(), (shard, row))
-            self._seen.add(shard)
+        try:
+            names = {n for n in os.listdir(self.path) if n.startswith("shard-") and n.endswith(".h5")}
+        except FileNotFoundError:
+            names = set()
+        with self._index.lock:
+            self._index.forget(self._index.seen - names)
+            read = []
+            for name in sorted(names - self._index.seen):
+                try:
+                    with h5py.File(self.path / name, "r") as f:
+                        keys = f["keys"][...]
+                        if f["vectors"].shape != (len(keys), self.dim) or keys.dtype != np.dtype(KEY_DTYPE):
+                            raise ValueError(f"vectors shape {f['vectors'].shape} for {len(keys)} {keys.dtype} keys")
+                except Exception as exc:
+                    self._quarantine(name, f"unreadable ({type(exc).__name__}: {exc})")
+                    continue
+                read.append((name, keys))
+            self._index.add(read)
+
+    def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with self._index.lock:
+            return self._index.locate(keys)
 
     def _quarantine(self, shard: str, reason: str) -> None:
         """Move a damaged shard aside (never delete it) and forget its keys; they will be re-embedded."""
@@ -184,60 +294,65 @@ class Store:
         except OSError as exc:
             raise CacheError(f"cache shard {str(self.path / shard)!r} is damaged ({reason}) and cannot be moved to "
                              f"quarantine ({exc.strerror}); move it away by hand") from None
-        self._index = {k: v for k, v in self._index.items() if v[0] != shard}
-        self._seen.discard(shard)
+        with self._index.lock:
+            self._index.forget({shard})
         warnings.warn(f"cache shard {shard} in {str(self.path)!r} is damaged ({reason}); moved to quarantine/, "
                       f"its samples will be embedded again", CacheWarning, stacklevel=3)
 
     def __len__(self) -> int:
         self.refresh()
-        return len(self._index)
+        with self._index.lock:
+            return len(self._index)
 
-    def contains(self, keys: Sequence[str]) -> np.ndarray:
+    def contains(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """Boolean mask: which ``keys`` are already stored."""
         self.refresh()
-        return np.fromiter((k in self._index for k in keys), dtype=bool, count=len(keys))
+        return self._locate(as_keys(keys))[2]
 
-    def get(self, keys: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+    def get(self, keys: Sequence[str] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Vectors for ``keys`` (all must be stored), as float32 ``(len(keys), dim)``, written into
         ``out`` when given (no second copy of a large matrix)."""
         import h5py
 
         self.refresh()
+        keys = as_keys(keys)
         out = np.empty((len(keys), self.dim), dtype=np.float32) if out is None else out
-        by_shard: dict[str, tuple[list[int], list[int]]] = {}
-        try:
-            for i, key in enumerate(keys):
-                shard, row = self._index[key]
-                dest, rows = by_shard.setdefault(shard, ([], []))
-                dest.append(i)
-                rows.append(row)
-        except KeyError as exc:
-            raise CacheError(f"sample key {exc.args[0]} is not in the cache store {str(self.path)!r}") from None
-        for shard, (dest, rows) in by_shard.items():
-            rows_arr = np.asarray(rows)
+        shard, row, found = self._locate(keys)
+        if not found.all():
+            missing = keys[np.argmin(found)].decode()
+            raise CacheError(f"sample key {missing} is not in the cache store {str(self.path)!r}")
+        order = np.argsort(shard, kind="stable")
+        bounds = np.flatnonzero(np.diff(shard[order])) + 1
+        for dest in np.split(order, bounds) if len(order) else []:
+            name, rows = self._index.shards[shard[dest[0]]], row[dest]
             try:
-                with h5py.File(self.path / shard, "r") as f:
+                with h5py.File(self.path / name, "r") as f:
                     vectors = f["vectors"]
-                    if len(rows_arr) * 4 >= vectors.shape[0]:  # most of the shard: one contiguous read
-                        picked, dest_rows = vectors[...][rows_arr], np.asarray(dest)
+                    if len(rows) == vectors.shape[0] and (rows == np.arange(len(rows))).all() \
+                            and dest[-1] - dest[0] == len(dest) - 1:  # the whole shard into consecutive rows
+                        vectors.read_direct(out, dest_sel=np.s_[dest[0]:dest[-1] + 1])
+                        picked, dest = out[dest[0]:dest[-1] + 1], None
+                    elif len(rows) * 4 >= vectors.shape[0]:  # most of the shard: one contiguous read
+                        picked = vectors[...][rows]
                     else:
-                        order = np.argsort(rows_arr)
-                        unique_rows, inverse = np.unique(rows_arr[order], return_inverse=True)
-                        picked, dest_rows = vectors[unique_rows][inverse], np.asarray(dest)[order]
+                        by_row = np.argsort(rows)
+                        unique_rows, inverse = np.unique(rows[by_row], return_inverse=True)
+                        picked, dest = vectors[unique_rows][inverse], dest[by_row]
             except Exception as exc:
-                self._quarantine(shard, f"read failed ({type(exc).__name__}: {exc})")
-                raise DamagedShardError(f"cache shard {shard} failed while being read and was quarantined") from None
+                self._quarantine(name, f"read failed ({type(exc).__name__}: {exc})")
+                raise DamagedShardError(f"cache shard {name} failed while being read and was quarantined") from None
             if not np.isfinite(picked).all():
-                self._quarantine(shard, "vectors contain NaN or infinity")
-                raise DamagedShardError(f"cache shard {shard} holds non-finite vectors and was quarantined")
-            out[dest_rows] = picked
+                self._quarantine(name, "vectors contain NaN or infinity")
+                raise DamagedShardError(f"cache shard {name} holds non-finite vectors and was quarantined")
+            if dest is not None:  # None: read in place already
+                out[dest] = picked
         return out
 
-    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+    def put(self, keys: Sequence[str] | np.ndarray, vectors: np.ndarray) -> None:
         """Append one shard, atomically: after a crash it is either whole or absent."""
         import h5py
 
+        keys = as_keys(keys)
         if len(keys) == 0:
             return
         vectors = np.asarray(vectors)
@@ -247,7 +362,7 @@ class Store:
         tmp = self.path / f".tmp-{name}"
         try:
             with h5py.File(tmp, "w") as f:
-                f.create_dataset("keys", data=np.asarray(keys, dtype=KEY_DTYPE))
+                f.create_dataset("keys", data=keys)
                 f.create_dataset("vectors", data=vectors.astype(self.dtype, copy=False))
                 f.attrs["fingerprint"] = self.meta["fingerprint"]
                 f.flush()
@@ -309,8 +424,8 @@ class Store:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
-    def _live_claims(self) -> set[str]:
-        claimed: set[str] = set()
+    def _live_claims(self) -> np.ndarray:
+        claimed: list[str] = []
         host = socket.gethostname()
         for path in (self.path / "claims").glob("*.json"):
             try:
@@ -322,34 +437,41 @@ class Store:
             if stale:
                 path.unlink(missing_ok=True)
             elif claim.get("owner") != self._owner:
-                claimed.update(claim["keys"])
-        return claimed
+                claimed.extend(claim["keys"])
+        return as_keys(claimed)
 
-    def claim(self, keys: Iterable[str], limit: int) -> tuple[list[str], int]:
+    def claim(self, keys: Sequence[str] | np.ndarray, limit: int) -> tuple[list[str], int]:
         """Take up to ``limit`` of ``keys`` that are neither stored nor claimed by another live writer.
 
         Returns ``(claimed, waiting)``: the keys this writer must embed now, and how many of the
         rest are being embedded by others.  Release with ``release()`` after committing.
         """
+        keys = as_keys(keys)
+        status = self.claim_status(keys, limit)
+        return [k.decode() for k in keys[status == MINE]], int((status == WAITING).sum())
+
+    def claim_status(self, keys: np.ndarray, limit: int) -> np.ndarray:
+        """``claim`` for an ``S32`` key array: each key's status, ``STORED``, ``MINE`` (claimed now,
+        at most ``limit``), ``WAITING`` (another writer holds it) or ``FREE`` (beyond the limit)."""
         with self._locked():
             # claims before shards: a writer commits its shard *then* drops its claim, so a key whose
             # claim is gone by now is already visible to the refresh that follows
             others = self._live_claims()
             self.refresh()
-            mine, waiting = [], 0
-            for key in keys:
-                if key in self._index:
-                    continue
-                if key in others:
-                    waiting += 1
-                elif len(mine) < limit:
-                    mine.append(key)
-            if mine:
+            status = np.full(len(keys), FREE, dtype=np.int8)
+            status[self._locate(keys)[2]] = STORED
+            status[(status == FREE) & np.isin(keys, others)] = WAITING
+            free = np.flatnonzero(status == FREE)
+            _, first = np.unique(keys[free], return_index=True)  # a key listed twice is claimed once
+            status[free[np.sort(first)][:limit]] = MINE
+            mine = keys[status == MINE]
+            if len(mine):
                 claims = self.path / "claims"
                 claims.mkdir(exist_ok=True)
-                body = {"owner": self._owner, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "keys": mine}
+                body = {"owner": self._owner, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+                        "keys": [k.decode() for k in mine]}
                 write_json_atomic(claims / f"{self._owner}.json", body)
-            return mine, waiting
+            return status
 
     def release(self) -> None:
         """Drop this writer's claim (after its shard is committed, or on failure)."""

@@ -5,7 +5,7 @@ list of ``(H, W[, C])`` arrays); texts are ``str``.  A sample's key hashes its c
 bytes, RGB pixels + shape, or UTF-8 text), so the same picture under two names is one key.
 
 >>> s = as_samples(["a cat", "a dog", "a cat"], "text")
->>> s.keys[0] == s.keys[2], len(s)
+>>> bool(s.keys[0] == s.keys[2]), len(s)
 (True, 3)
 """
 
@@ -26,11 +26,22 @@ from .errors import BadInputError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def _hash(kind: bytes, *chunks: bytes) -> str:
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hash(kind: bytes, *chunks: bytes) -> bytes:
     h = hashlib.blake2b(kind + b"\0", digest_size=16)
     for chunk in chunks:
         h.update(chunk)
-    return h.hexdigest()
+    return h.digest()
+
+
+def _hex_keys(digests: list[bytes]) -> np.ndarray:
+    """16-byte digests → their lowercase hex as an ``S32`` array (the cache's key type), vectorised."""
+    raw = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 16)
+    hexed = np.empty((len(digests), 32), dtype=np.uint8)
+    hexed[:, 0::2], hexed[:, 1::2] = _HEX[raw >> 4], _HEX[raw & 15]
+    return hexed.view("S32").ravel()
 
 
 def _pixels(image) -> np.ndarray:
@@ -72,11 +83,12 @@ class _Numbered(Sequence[str]):
 
 @dataclass
 class Samples:
-    """Normalised samples: ``items`` (paths, pixel arrays or texts), their ``keys`` and ``names``."""
+    """Normalised samples: ``items`` (paths, pixel arrays or texts), their ``keys`` (hex content
+    digests, an ``S32`` array: 32 bytes per sample) and ``names``."""
 
     modality: str
     items: list[Any]
-    keys: list[str]
+    keys: np.ndarray
     names: Sequence[str]
 
     def __len__(self) -> int:
@@ -139,15 +151,17 @@ def as_samples(X: Any, modality: str) -> Samples:
 
 
 def _text_samples(X: list) -> Samples:
-    keys = []
-    for i, x in enumerate(X):
-        if not isinstance(x, str):
-            kind = "an image" if _is_image_like(x) else type(x).__name__
-            raise BadInputError(f"sample {i} is {kind}, but this backbone embeds text: pass str only")
-        if not x.strip():
-            raise BadInputError(f"sample {i} is an empty text; drop it or give it content")
-        keys.append(_hash(b"text", x.encode("utf-8", errors="surrogatepass")))
-    return Samples("text", X, keys, _Numbered("text", len(X)))
+    blake2b = hashlib.blake2b
+    digests = [blake2b(b"text\0" + x.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
+               for x in X if isinstance(x, str) and x and not x.isspace()]
+    if len(digests) != len(X):  # the loop below names the first bad sample
+        for i, x in enumerate(X):
+            if not isinstance(x, str):
+                kind = "an image" if _is_image_like(x) else type(x).__name__
+                raise BadInputError(f"sample {i} is {kind}, but this backbone embeds text: pass str only")
+            if not x.strip():
+                raise BadInputError(f"sample {i} is an empty text; drop it or give it content")
+    return Samples("text", X, _hex_keys(digests), _Numbered("text", len(X)))
 
 
 def _image_samples(X: list) -> Samples:
@@ -177,7 +191,7 @@ def _image_samples(X: list) -> Samples:
         keys.append(_hash(b"pixels", str(pixels.shape).encode(), pixels.tobytes()))
         items.append(pixels)
         names.append(f"image[{i}]")
-    return Samples("image", items, keys, names)
+    return Samples("image", items, _hex_keys(keys), names)
 
 
 def load_image_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:

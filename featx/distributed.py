@@ -37,7 +37,8 @@ class EmbedActor:
         mine, _ = self.store.claim(keys, len(keys))  # keys a retried attempt already committed are skipped
         try:
             todo = [keys.index(k) for k in mine]
-            samples = Samples(self.modality, [items[i] for i in todo], mine, [str(batch["name"][i]) for i in todo])
+            samples = Samples(self.modality, [items[i] for i in todo], np.asarray(mine, dtype="S32"),
+                              [str(batch["name"][i]) for i in todo])
             good, loaded = [], []
             for j in range(len(todo)):
                 try:
@@ -54,20 +55,20 @@ class EmbedActor:
                 "embedded": np.asarray([k in mine and not e for k, e in zip(keys, errors)])}
 
 
-def embed_with_ray(backbone: Backbone, samples: Samples, first_index: dict[str, int], store: Store, *,
+def embed_with_ray(backbone: Backbone, samples: Samples, todo: np.ndarray, store: Store, *,
                    batch_size: int, chunk_size: int, device: str = "auto", address: str | None = None,
-                   num_actors: int | None = None, num_gpus: float = 0, failed: dict[str, str]) -> int:
-    """Embed the samples at ``first_index`` (key → index) on Ray; returns how many were embedded."""
+                   num_actors: int | None = None, num_gpus: float = 0, failed: dict[bytes, str]) -> int:
+    """Embed the samples at the indices ``todo`` (one per missing key) on Ray; returns how many were embedded."""
     try:
         import ray
     except ImportError:
         raise FeatxError("engine='ray' needs Ray: pip install 'featx[ray]'") from None
-    if not first_index:
+    if not len(todo):
         return 0
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     actors = num_actors or max(1, int(ray.available_resources().get("GPU" if num_gpus else "CPU", 1) // max(num_gpus, 1)))
-    rows = [{"key": key, "item": samples.items[i], "name": samples.names[i]} for key, i in first_index.items()]
+    rows = [{"key": samples.keys[i].decode(), "item": samples.items[i], "name": samples.names[i]} for i in todo.tolist()]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // chunk_size, 4 * actors)))
     results = dataset.map_batches(
         EmbedActor, batch_size=chunk_size, batch_format="numpy", concurrency=actors, num_gpus=num_gpus or None,
@@ -78,7 +79,7 @@ def embed_with_ray(backbone: Backbone, samples: Samples, first_index: dict[str, 
     embedded = 0
     for row in results.iter_rows():
         if row["error"]:
-            failed[row["key"]] = row["error"]
+            failed[row["key"].encode()] = row["error"]
         embedded += bool(row["embedded"])
     return embedded
 

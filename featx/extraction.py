@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .backbones.base import Backbone, TorchBackbone, check_output, digest, user_cache_dir, write_json_atomic
-from .cache import DamagedShardError, EmbeddingCache, Store
+from .cache import FREE, MINE, WAITING, DamagedShardError, EmbeddingCache, Store
 from .datasets import Samples, as_samples
 from .errors import BadInputError
 
@@ -88,7 +88,7 @@ class _Decode:
 
 
 def _load(samples: Samples, indices: list[int], backbone: Backbone, num_workers: int,
-          failed: dict[str, str]) -> tuple[list[int], list]:
+          failed: dict[bytes, str]) -> tuple[list[int], list]:
     """Decode ``indices`` (recording failures by key); returns the good indices and their items."""
     preprocess = getattr(backbone, "preprocess", None) if num_workers > 0 else None
     work = _Decode(samples, indices, preprocess or _as_is)
@@ -170,33 +170,36 @@ def autotune(backbone: Backbone, items: list, candidates: tuple[int, ...] | None
     return best, np.concatenate(outputs) if outputs else np.zeros((0, backbone.dim), np.float32)
 
 
-def _fill(store: Store, samples: Samples, keys: list[str], first_index: dict[str, int], backbone: Backbone,
-          batch_size: int | None, chunk_size: int, num_workers: int, failed: dict[str, str], meter: Progress) -> int:
-    """Embed and commit every key of ``keys`` that no writer has stored, sharing the work with other
-    writers through the store's claims; returns how many samples this process embedded.
-    ``batch_size=None`` autotunes it on the first chunk."""
+def _fill(store: Store, samples: Samples, todo: np.ndarray, backbone: Backbone, batch_size: int | None,
+          chunk_size: int, num_workers: int, failed: dict[bytes, str], meter: Progress) -> int:
+    """Embed and commit every sample at the indices ``todo`` whose key no writer has stored,
+    sharing the work with other writers through the store's claims; returns how many samples this
+    process embedded.  ``batch_size=None`` autotunes it on the first chunk.
+
+    Each round looks at a window of the remaining samples only (cost per round independent of the
+    dataset size); keys another writer holds go to the back and are looked at again later.
+    """
     embedded = 0
-    remaining = list(keys)
-    while remaining:
-        mine, waiting = store.claim(remaining, chunk_size)
-        if not mine and not waiting:
-            break
-        if not mine:  # everything left is being embedded by other writers: wait for their shards
-            time.sleep(POLL_SECONDS)
+    remaining = np.asarray(todo, dtype=np.int64)
+    while len(remaining):
+        window, rest = remaining[:4 * chunk_size], remaining[4 * chunk_size:]
+        status = store.claim_status(samples.keys[window], chunk_size)
+        mine = window[status == MINE]
         try:
-            if mine:
-                chunk, items = _load(samples, [first_index[k] for k in mine], backbone, num_workers, failed)
+            if len(mine):
+                chunk, items = _load(samples, mine.tolist(), backbone, num_workers, failed)
                 if chunk:
                     if batch_size is None:
                         batch_size, raw = autotune(backbone, items)
                     else:
                         raw = backbone.embed_many(items, batch_size)
-                    store.put([samples.keys[i] for i in chunk], check_output(backbone, raw, len(chunk)))
+                    store.put(samples.keys[chunk], check_output(backbone, raw, len(chunk)))
                     embedded += len(chunk)
         finally:
             store.release()
-        done = set(mine)
-        remaining = [k for k in remaining if k not in done and k not in failed]
+        if not len(mine) and (status == WAITING).all():
+            time.sleep(POLL_SECONDS)  # other writers are embedding all of these: give them time to commit
+        remaining = np.concatenate([window[status == FREE], rest, window[status == WAITING]])
         meter.update(len(mine))
     return embedded
 
@@ -236,49 +239,46 @@ def extract(
     samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality)
     store = open_store(backbone, cache_dir, dtype)
     present = store.contains(samples.keys)
-    first_index: dict[str, int] = {}
-    for i in np.flatnonzero(~present):
-        first_index.setdefault(samples.keys[i], int(i))
-
+    misses = np.flatnonzero(~present)
+    _, first = np.unique(samples.keys[misses], return_index=True)
+    todo = misses[np.sort(first)]  # the first sample of each missing key, in input order
     if samples.modality == "text":  # similar lengths share a chunk, so each batch pads little
-        first_index = dict(sorted(first_index.items(), key=lambda kv: -len(samples.items[kv[1]])))
-    if first_index:
+        lengths = np.fromiter((len(samples.items[i]) for i in todo), dtype=np.int64, count=len(todo))
+        todo = todo[np.argsort(-lengths, kind="stable")]
+    if len(todo):
         backbone.to(device)
     if batch_size is None and isinstance(backbone, TorchBackbone) and samples.modality == "image":
         batch_size = remembered_batch_size(backbone)  # None: autotune on the first chunk
     else:
         batch_size = batch_size or backbone.default_batch_size
     chunk_size = chunk_size or max((batch_size or 32) * 8, 256)
-    failed: dict[str, str] = {}
+    failed: dict[bytes, str] = {}
     if engine == "ray":
         from .distributed import embed_with_ray
 
-        embedded = embed_with_ray(backbone, samples, first_index, store, batch_size=batch_size or backbone.default_batch_size,
+        embedded = embed_with_ray(backbone, samples, todo, store, batch_size=batch_size or backbone.default_batch_size,
                                   chunk_size=chunk_size, device=device, address=address, num_actors=num_actors,
                                   num_gpus=num_gpus, failed=failed)
     else:
-        meter = Progress(len(first_index), f"embedding with {backbone.name}", progress)
-        embedded = _fill(store, samples, list(first_index), first_index, backbone, batch_size, chunk_size, num_workers,
-                         failed, meter)
+        meter = Progress(len(todo), f"embedding with {backbone.name}", progress)
+        embedded = _fill(store, samples, todo, backbone, batch_size, chunk_size, num_workers, failed, meter)
         meter.finish()
 
-    ok = np.fromiter((k not in failed for k in samples.keys), dtype=bool, count=len(samples))
+    ok = ~np.isin(samples.keys, np.asarray(list(failed), dtype=samples.keys.dtype)) if failed else np.ones(len(samples), bool)
     vectors = np.full((len(samples), backbone.dim), np.nan, dtype=np.float32)
-    wanted = [k for k, good in zip(samples.keys, ok) if good]
     for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
         try:
             if ok.all():
-                store.get(wanted, out=vectors)
+                store.get(samples.keys, out=vectors)
             else:
-                vectors[ok] = store.get(wanted)
+                vectors[ok] = store.get(samples.keys[ok])
             break
         except DamagedShardError:
             if attempt == 2:
                 raise
-            lost = [k for k, here in zip(wanted, store.contains(wanted)) if not here]
-            position = {k: i for i, k in reversed(list(enumerate(samples.keys)))}
+            lost = np.flatnonzero(ok & ~store.contains(samples.keys))
             backbone.to(device)
-            embedded += _fill(store, samples, lost, position, backbone, batch_size, chunk_size, num_workers, failed,
+            embedded += _fill(store, samples, lost, backbone, batch_size, chunk_size, num_workers, failed,
                               Progress(len(lost), "re-embedding quarantined samples", progress))
     bad = [
         msg if samples.names[i] in msg else f"{samples.names[i]}: same content as an unreadable sample ({msg})"
@@ -286,7 +286,7 @@ def extract(
     ]
     stats = ExtractStats(
         backbone=backbone.name, store_key=store.path.name, samples=len(samples),
-        unique=len(set(samples.keys)), hits=int(present.sum()), embedded=embedded,
+        unique=len(np.unique(samples.keys)), hits=int(present.sum()), embedded=embedded,
         seconds=time.perf_counter() - start, failed=bad,
     )
     if bad and errors == "raise":

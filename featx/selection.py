@@ -210,9 +210,9 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         test = extract(backbone, X_test, cache_dir=cache_dir, progress=progress, engine=engine) if X_test is not None else None
         if data_key is None:
             keys = as_samples(X, backbone.modality).keys
-            data_key = digest("data", keys, [str(v) for v in y])
+            data_key = digest("data", keys.tobytes().hex(), [str(v) for v in y])
         if test is not None and test_key is None:
-            test_key = digest("test", as_samples(X_test, backbone.modality).keys, [str(v) for v in y_test])
+            test_key = digest("test", as_samples(X_test, backbone.modality).keys.tobytes().hex(), [str(v) for v in y_test])
         extract_s = train.stats.seconds + (test.stats.seconds if test else 0.0)
         hits = train.stats.hits + (test.stats.hits if test else 0)
         embedded = train.stats.embedded + (test.stats.embedded if test else 0)

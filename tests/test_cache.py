@@ -7,6 +7,7 @@ import pytest
 
 import featx
 from featx.cache import EmbeddingCache
+from featx.datasets import as_samples
 from featx.errors import CacheError
 from featx.extraction import extract
 
@@ -149,3 +150,47 @@ def test_bad_backbone_output_names_the_backbone(cache_dir):
 
     with pytest.raises(featx.PluginError, match="test/counting.*shape"):
         extract(Broken(), ["a"], cache_dir=cache_dir)
+
+
+def test_keys_are_the_hex_content_digests_the_cache_has_always_used():
+    import hashlib
+
+    s = as_samples(["a cat", "naïve café"], "text")
+    assert s.keys.dtype == np.dtype("S32")
+    assert [k.decode() for k in s.keys] == [hashlib.blake2b(b"text\0" + t.encode(), digest_size=16).hexdigest()
+                                          for t in ["a cat", "naïve café"]]
+
+
+def test_index_keeps_the_oldest_entry_and_counts_each_key_once(cache_dir):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=2)
+    store.put(["a", "b"], np.array([[1, 1], [2, 2]], np.float32))
+    assert len(store) == 2
+    store.put(["b", "c"], np.array([[9, 9], [3, 3]], np.float32))  # a racing writer stored "b" again
+    for n in range(4):  # enough shards for the index to merge its runs
+        store.put([f"x{n}"], np.full((1, 2), n, np.float32))
+    assert len(store) == 7
+    np.testing.assert_array_equal(store.get(["c", "b", "a"]), [[3, 3], [2, 2], [1, 1]])
+    assert store.contains(["a", "zz", "x3"]).tolist() == [True, False, True]
+
+
+def test_second_store_object_reuses_the_index_and_sees_removed_shards(counting, cache_dir, monkeypatch):
+    import featx.cache as cache_module
+
+    extract(counting, texts(300), cache_dir=cache_dir, chunk_size=100, batch_size=50)
+    read = []
+    original = cache_module._Index.add
+    monkeypatch.setattr(cache_module._Index, "add", lambda self, shards: (read.extend(shards), original(self, shards))[1])
+    again = extract(counting, texts(300), cache_dir=cache_dir)
+    assert again.stats.hits == 300 and read == []  # no shard's keys read a second time in this process
+    store = next(iter(EmbeddingCache(cache_dir).stores()))
+    next(iter(store.path.glob("shard-*.h5"))).unlink()  # someone deletes a shard by hand
+    keys = as_samples(texts(300), "text").keys
+    assert store.contains(keys).sum() == 200
+    result = extract(counting, texts(300), cache_dir=cache_dir)
+    assert result.stats.embedded == 100 and store.contains(keys).all()
+
+
+def test_store_keys_longer_than_32_characters_are_refused(cache_dir):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    with pytest.raises(CacheError, match="at most 32"):
+        store.put(["k" * 33], np.ones((1, 1), np.float32))

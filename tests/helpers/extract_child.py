@@ -65,7 +65,7 @@ import featx.cache as cache_module  # noqa: E402
 
 create_dataset = h5py.Group.create_dataset
 replace = os.replace
-claim = cache_module.Store.claim
+claim_status = cache_module.Store.claim_status
 
 
 def create_dataset_with_kill(self, name, *a, **k):
@@ -86,15 +86,15 @@ def replace_with_kill(src, dst):
 
 
 def claim_with_kill(self, keys, limit):
-    mine, waiting = claim(self, keys, limit)
-    if mine:
+    status = claim_status(self, keys, limit)
+    if (status == cache_module.MINE).any():
         point("claim")
-    return mine, waiting
+    return status
 
 
 h5py.Group.create_dataset = create_dataset_with_kill
 cache_module.os.replace = replace_with_kill
-cache_module.Store.claim = claim_with_kill
+cache_module.Store.claim_status = claim_with_kill
 
 texts = [f"sample text number {i}" for i in range(args.start, args.start + args.n)]
 result = extract(HashBackbone(), texts, cache_dir=args.cache_dir, chunk_size=args.chunk, batch_size=args.chunk)
