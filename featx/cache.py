@@ -25,10 +25,11 @@ import threading
 import time
 import uuid
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -40,6 +41,7 @@ KEY_DTYPE = "S32"
 STORED, MINE, WAITING, FREE = 0, 1, 2, 3  # a key's status in Store.claim_status
 CLAIM_TIMEOUT = float(os.environ.get("FEATX_CLAIM_TIMEOUT", 600))  # seconds before another host's claim is stale
 TMP_TIMEOUT = 600.0  # seconds before an orphaned temporary shard is garbage
+OPEN_SHARDS = 16  # read handles kept open per store
 
 
 class CacheWarning(UserWarning):
@@ -190,11 +192,28 @@ class _Index:
     reads only the shards committed since the first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self.runs: list[_Run] = []
         self.shards: list[str] = []  # shard number -> file name
         self.seen: set[str] = set()
         self.lock = threading.RLock()
+        self.handles: OrderedDict[str, Any] = OrderedDict()  # the most recently used open shards
+
+    def open(self, name: str):
+        """An open read-only handle on shard ``name`` (shards never change once committed, so
+        handles are kept, up to ``OPEN_SHARDS``, sparing the reopening on every read)."""
+        import h5py
+
+        handle = self.handles.pop(name, None) or h5py.File(self.folder / name, "r")
+        self.handles[name] = handle
+        while len(self.handles) > OPEN_SHARDS:
+            self.handles.popitem(last=False)[1].close()
+        return handle
+
+    def close(self, names: set[str]) -> None:
+        for name in names & set(self.handles):
+            self.handles.pop(name).close()
 
     def add(self, shards: list[tuple[str, np.ndarray]]) -> None:
         """Index newly read shards: ``(file name, keys)`` pairs."""
@@ -214,6 +233,7 @@ class _Index:
 
     def forget(self, names: set[str]) -> None:
         """Drop the keys of shards that were quarantined or removed."""
+        self.close(names)
         numbers = [i for i, name in enumerate(self.shards) if name in names]
         if numbers:
             self.runs = [_Run(r.keys[keep], r.shard[keep], r.row[keep]) for r in self.runs
@@ -251,14 +271,13 @@ class Store:
         self.dim: int = meta["dim"]
         self.dtype: str = meta["dtype"]
         with _indexes_lock:
-            self._index = _indexes.setdefault(os.path.realpath(path), _Index())
+            folder = os.path.realpath(path)
+            self._index = _indexes.setdefault(folder, _Index(Path(folder)))
         self._owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def refresh(self) -> None:
         """Index shards committed since the last look (by this or any other process), and forget
         shards that are gone."""
-        import h5py
-
         try:
             names = {n for n in os.listdir(self.path) if n.startswith("shard-") and n.endswith(".h5")}
         except FileNotFoundError:
@@ -268,10 +287,10 @@ class Store:
             read = []
             for name in sorted(names - self._index.seen):
                 try:
-                    with h5py.File(self.path / name, "r") as f:
-                        keys = f["keys"][...]
-                        if f["vectors"].shape != (len(keys), self.dim) or keys.dtype != np.dtype(KEY_DTYPE):
-                            raise ValueError(f"vectors shape {f['vectors'].shape} for {len(keys)} {keys.dtype} keys")
+                    f = self._index.open(name)
+                    keys = f["keys"][...]
+                    if f["vectors"].shape != (len(keys), self.dim) or keys.dtype != np.dtype(KEY_DTYPE):
+                        raise ValueError(f"vectors shape {f['vectors'].shape} for {len(keys)} {keys.dtype} keys")
                 except Exception as exc:
                     self._quarantine(name, f"unreadable ({type(exc).__name__}: {exc})")
                     continue
@@ -285,6 +304,8 @@ class Store:
     def _quarantine(self, shard: str, reason: str) -> None:
         """Move a damaged shard aside (never delete it) and forget its keys; they will be re-embedded."""
         target = self.path / "quarantine"
+        with self._index.lock:
+            self._index.close({shard})
         try:
             target.mkdir(exist_ok=True)
             os.replace(self.path / shard, target / shard)
@@ -312,8 +333,6 @@ class Store:
     def get(self, keys: Sequence[str] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Vectors for ``keys`` (all must be stored), as float32 ``(len(keys), dim)``, written into
         ``out`` when given (no second copy of a large matrix)."""
-        import h5py
-
         self.refresh()
         keys = as_keys(keys)
         out = np.empty((len(keys), self.dim), dtype=np.float32) if out is None else out
@@ -326,8 +345,8 @@ class Store:
         for dest in np.split(order, bounds) if len(order) else []:
             name, rows = self._index.shards[shard[dest[0]]], row[dest]
             try:
-                with h5py.File(self.path / name, "r") as f:
-                    vectors = f["vectors"]
+                with self._index.lock:
+                    vectors = self._index.open(name)["vectors"]
                     if len(rows) == vectors.shape[0] and (rows == np.arange(len(rows))).all() \
                             and dest[-1] - dest[0] == len(dest) - 1:  # the whole shard into consecutive rows
                         vectors.read_direct(out, dest_sel=np.s_[dest[0]:dest[-1] + 1])

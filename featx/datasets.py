@@ -36,9 +36,9 @@ def _hash(kind: bytes, *chunks: bytes) -> bytes:
     return h.digest()
 
 
-def _hex_keys(digests: list[bytes]) -> np.ndarray:
+def _hex_keys(digests: list[bytes] | np.ndarray) -> np.ndarray:
     """16-byte digests → their lowercase hex as an ``S32`` array (the cache's key type), vectorised."""
-    raw = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 16)
+    raw = np.asarray(digests, dtype="S16").view(np.uint8).reshape(len(digests), 16)
     hexed = np.empty((len(digests), 32), dtype=np.uint8)
     hexed[:, 0::2], hexed[:, 1::2] = _HEX[raw >> 4], _HEX[raw & 15]
     return hexed.view("S32").ravel()
@@ -152,9 +152,10 @@ def as_samples(X: Any, modality: str) -> Samples:
 
 def _text_samples(X: list) -> Samples:
     blake2b = hashlib.blake2b
-    digests = [blake2b(b"text\0" + x.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
-               for x in X if isinstance(x, str) and x and not x.isspace()]
-    if len(digests) != len(X):  # the loop below names the first bad sample
+    try:  # straight into one array: no Python object kept per sample
+        digests = np.fromiter((blake2b(b"text\0" + x.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
+                               for x in X if isinstance(x, str) and x and not x.isspace()), dtype="S16", count=len(X))
+    except ValueError:  # fewer digests than samples: the loop below names the first bad sample
         for i, x in enumerate(X):
             if not isinstance(x, str):
                 kind = "an image" if _is_image_like(x) else type(x).__name__
@@ -265,14 +266,21 @@ def labels_or_raise(y: Sequence[Any] | None, n: int) -> np.ndarray:
     """Validate classification labels: one per sample, none missing, at least two classes."""
     if y is None:
         raise BadInputError("labels y are required for fitting")
-    y = np.asarray(list(y), dtype=object)
-    if len(y) != n:
-        raise BadInputError(f"len(X) = {n} but len(y) = {len(y)}: give one label per sample")
-    missing = [i for i, v in enumerate(y) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
+    arr = y if isinstance(y, np.ndarray) and y.ndim == 1 else np.asarray(list(y), dtype=object)
+    if len(arr) != n:
+        raise BadInputError(f"len(X) = {n} but len(y) = {len(arr)}: give one label per sample")
+    if arr.dtype.kind in "biuUS":  # one numpy type: only empty strings can be missing
+        missing = np.flatnonzero(arr == arr.dtype.type()).tolist() if arr.dtype.kind in "US" else []
+    elif arr.dtype.kind == "f":
+        missing = np.flatnonzero(np.isnan(arr)).tolist()
+    else:
+        missing = [i for i, v in enumerate(arr) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
     if missing:
         raise BadInputError(f"labels missing (None/NaN/empty) at rows {missing[:10]}{' …' if len(missing) > 10 else ''}; drop those samples or label them")
-    kinds = {type(v) for v in y}
-    y = np.asarray(list(y)) if len(kinds) == 1 else y.astype(str)
+    if arr.dtype == object:
+        y = np.asarray(list(arr)) if len({type(v) for v in arr}) == 1 else arr.astype(str)
+    else:
+        y = arr
     if len(np.unique(y)) < 2:
         raise BadInputError(f"y has a single class {y[0]!r}: a classifier needs at least two")
     return y

@@ -22,6 +22,7 @@ from .errors import BadInputError
 
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
+TEXT_CHUNK = 1024  # samples per committed shard: a few seconds of work, few files to open when reading back
 TUNE_VERSION = 2  # bump when the inference path changes speed: remembered sizes are then tuned again
 
 
@@ -90,7 +91,7 @@ class _Decode:
 def _load(samples: Samples, indices: list[int], backbone: Backbone, num_workers: int,
           failed: dict[bytes, str]) -> tuple[list[int], list]:
     """Decode ``indices`` (recording failures by key); returns the good indices and their items."""
-    preprocess = getattr(backbone, "preprocess", None) if num_workers > 0 else None
+    preprocess = getattr(backbone, "preprocess", None)  # a chunk holds model-sized pixels, not whole photos
     work = _Decode(samples, indices, preprocess or _as_is)
     if num_workers > 0 and samples.modality == "image":
         from torch.utils.data import DataLoader
@@ -204,6 +205,17 @@ def _fill(store: Store, samples: Samples, todo: np.ndarray, backbone: Backbone, 
     return embedded
 
 
+def _to_embed(samples: Samples, present: np.ndarray) -> np.ndarray:
+    """Indices of the first sample of each missing key, in input order — texts longest first, so
+    similar lengths share a chunk and each batch pads little."""
+    misses = np.flatnonzero(~present)
+    todo = misses[np.sort(np.unique(samples.keys[misses], return_index=True)[1])]
+    if samples.modality == "text":
+        lengths = np.fromiter((len(samples.items[i]) for i in todo), dtype=np.int64, count=len(todo))
+        todo = todo[np.argsort(-lengths, kind="stable")]
+    return todo
+
+
 def extract(
     backbone: Backbone,
     X: Any,
@@ -239,19 +251,14 @@ def extract(
     samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality)
     store = open_store(backbone, cache_dir, dtype)
     present = store.contains(samples.keys)
-    misses = np.flatnonzero(~present)
-    _, first = np.unique(samples.keys[misses], return_index=True)
-    todo = misses[np.sort(first)]  # the first sample of each missing key, in input order
-    if samples.modality == "text":  # similar lengths share a chunk, so each batch pads little
-        lengths = np.fromiter((len(samples.items[i]) for i in todo), dtype=np.int64, count=len(todo))
-        todo = todo[np.argsort(-lengths, kind="stable")]
+    todo = _to_embed(samples, present)
     if len(todo):
         backbone.to(device)
     if batch_size is None and isinstance(backbone, TorchBackbone) and samples.modality == "image":
         batch_size = remembered_batch_size(backbone)  # None: autotune on the first chunk
     else:
         batch_size = batch_size or backbone.default_batch_size
-    chunk_size = chunk_size or max((batch_size or 32) * 8, 256)
+    chunk_size = chunk_size or (TEXT_CHUNK if samples.modality == "text" else max((batch_size or 32) * 8, 256))
     failed: dict[bytes, str] = {}
     if engine == "ray":
         from .distributed import embed_with_ray

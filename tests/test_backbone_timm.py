@@ -201,3 +201,15 @@ def test_dataloader_workers_give_the_same_vectors(image_folder, tmp_path):
     workers = featx.Embedder(f"timm/{MODEL}", backbone_options={"image_size": 64}, cache_dir=tmp_path / "b",
                              num_workers=2, batch_size=4).transform(paths)
     np.testing.assert_allclose(workers, serial, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chunk_holds_model_sized_pixels_not_whole_photos(tmp_path):
+    from featx.datasets import as_samples
+    from featx.extraction import _load
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((900, 1200, 3), np.uint8)).save(photo)
+    b = backbone()
+    good, items = _load(as_samples([str(photo)], "image"), [0], b, num_workers=0, failed={})
+    assert good == [0] and items[0].shape == (64, 64, 3) and items[0].dtype == np.uint8
+    np.testing.assert_allclose(b.embed_batch(items), b.embed_batch([Image.open(photo).convert("RGB")]), rtol=1e-6)

@@ -133,6 +133,8 @@ CASES = {
     # labels
     "None label": lambda t: (fit(["a", "b", "c"], ["x", None, "y"], t / "c"), BadInputError, "rows [1]"),
     "NaN label": lambda t: (fit(["a", "b", "c"], [1.0, float("nan"), 2.0], t / "c"), BadInputError, "rows [1]"),
+    "NaN label in a float array": lambda t: (fit(["a", "b", "c"], np.array([1.0, 2.0, np.nan]), t / "c"), BadInputError, "rows [2]"),
+    "empty label in a str array": lambda t: (fit(["a", "b", "c"], np.array(["", "x", "y"]), t / "c"), BadInputError, "rows [0]"),
     "single class": lambda t: (fit(["a", "b"], ["x", "x"], t / "c"), BadInputError, "'x'"),
     "len(X) != len(y)": lambda t: (fit(["a", "b", "c"], ["x", "y"], t / "c"), BadInputError, "len(y) = 2"),
     # names and estimator use
