@@ -157,6 +157,8 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
 
         y = labels_or_raise(y, len(X))
         result = self._extract(X)
+        if result.ok.all():  # no copy of the matrix just to drop nothing
+            return self.fit_embeddings(result.vectors, y)
         return self.fit_embeddings(result.vectors[result.ok], y[result.ok])
 
     def fit_embeddings(self, Z: np.ndarray, y) -> "TransferClassifier":

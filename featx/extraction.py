@@ -272,7 +272,9 @@ def extract(
         meter.finish()
 
     ok = ~np.isin(samples.keys, np.asarray(list(failed), dtype=samples.keys.dtype)) if failed else np.ones(len(samples), bool)
-    vectors = np.full((len(samples), backbone.dim), np.nan, dtype=np.float32)
+    vectors = np.empty((len(samples), backbone.dim), dtype=np.float32)  # every row is written below
+    if not ok.all():
+        vectors[~ok] = np.nan
     for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
         try:
             if ok.all():
