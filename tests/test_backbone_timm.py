@@ -213,3 +213,15 @@ def test_a_chunk_holds_model_sized_pixels_not_whole_photos(tmp_path):
     good, items = _load(as_samples([str(photo)], "image"), [0], b, num_workers=0, failed={})
     assert good == [0] and items[0].shape == (64, 64, 3) and items[0].dtype == np.uint8
     np.testing.assert_allclose(b.embed_batch(items), b.embed_batch([Image.open(photo).convert("RGB")]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("setting, expected", [("1", "True"), ("0", "False")])
+def test_cpu_allocator_setting_can_be_turned_off(setting, expected):
+    import os
+    import subprocess
+    import sys
+
+    code = "from featx.backbones.base import tune_cpu_allocator as t; print(t(), t())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "FEATX_MALLOC_TUNING": setting}).stdout.split()
+    assert out == [expected, expected]  # applied once, reported the same on every call
