@@ -172,16 +172,20 @@ class _Run:
         return pos, (self.keys[pos] == keys) if len(self.keys) else np.zeros(len(keys), bool)
 
     @staticmethod
-    def merge(older: "_Run", newer: "_Run") -> "_Run":
-        """One run holding both; where a key is in both, the older entry wins."""
-        keys = np.concatenate([older.keys, newer.keys])
+    def build(keys: np.ndarray, shard: np.ndarray, row: np.ndarray) -> "_Run":
+        """A run of unsorted entries; where a key repeats, its first entry wins."""
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         first = np.ones(len(keys), bool)
         first[1:] = keys[1:] != keys[:-1]
         order = order[first]
-        return _Run(keys[first], np.concatenate([older.shard, newer.shard])[order],
-                    np.concatenate([older.row, newer.row])[order])
+        return _Run(keys[first], shard[order], row[order])
+
+    @staticmethod
+    def merge(older: "_Run", newer: "_Run") -> "_Run":
+        """One run holding both; where a key is in both, the older entry wins."""
+        return _Run.build(*(np.concatenate([a, b]) for a, b in
+                            [(older.keys, newer.keys), (older.shard, newer.shard), (older.row, newer.row)]))
 
 
 class _Index:
@@ -220,9 +224,8 @@ class _Index:
         if not shards:
             return
         number = [np.full(len(keys), len(self.shards) + i, dtype=np.int32) for i, (_, keys) in enumerate(shards)]
-        run = _Run.merge(_Run(np.zeros(0, KEY_DTYPE), np.zeros(0, np.int32), np.zeros(0, np.int32)),
-                         _Run(np.concatenate([keys for _, keys in shards]), np.concatenate(number),
-                              np.concatenate([np.arange(len(keys), dtype=np.int32) for _, keys in shards])))
+        run = _Run.build(np.concatenate([keys for _, keys in shards]), np.concatenate(number),
+                         np.concatenate([np.arange(len(keys), dtype=np.int32) for _, keys in shards]))
         for name, _ in shards:
             self.shards.append(name)
             self.seen.add(name)
