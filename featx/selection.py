@@ -202,17 +202,21 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     fitted: dict[tuple, np.ndarray] = {}
     manifest_backbones = []
     data_key = test_key = None
+    hashed: dict[str, tuple] = {}  # modality -> (train, test) samples: content hashed once for every backbone
 
     for spec, options in _specs(backbones, backbone_options):
         backbone = resolve_backbone(spec, options)
         say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else ""))
-        train = extract(backbone, X, cache_dir=cache_dir, progress=progress, engine=engine)
-        test = extract(backbone, X_test, cache_dir=cache_dir, progress=progress, engine=engine) if X_test is not None else None
+        if backbone.modality not in hashed:
+            hashed[backbone.modality] = (as_samples(X, backbone.modality),
+                                         as_samples(X_test, backbone.modality) if X_test is not None else None)
+        train_samples, test_samples = hashed[backbone.modality]
+        train = extract(backbone, train_samples, cache_dir=cache_dir, progress=progress, engine=engine)
+        test = extract(backbone, test_samples, cache_dir=cache_dir, progress=progress, engine=engine) if test_samples is not None else None
         if data_key is None:
-            keys = as_samples(X, backbone.modality).keys
-            data_key = digest("data", keys.tobytes().hex(), [str(v) for v in y])
+            data_key = digest("data", train_samples.keys.tobytes().hex(), [str(v) for v in y])
         if test is not None and test_key is None:
-            test_key = digest("test", as_samples(X_test, backbone.modality).keys.tobytes().hex(), [str(v) for v in y_test])
+            test_key = digest("test", test_samples.keys.tobytes().hex(), [str(v) for v in y_test])
         extract_s = train.stats.seconds + (test.stats.seconds if test else 0.0)
         hits = train.stats.hits + (test.stats.hits if test else 0)
         embedded = train.stats.embedded + (test.stats.embedded if test else 0)
