@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backbones.base import Backbone, check_output
-from .cache import Store
+from .cache import Store, as_keys
 from .datasets import Samples
 from .errors import FeatxError
 
@@ -37,7 +37,7 @@ class EmbedActor:
         mine, _ = self.store.claim(keys, len(keys))  # keys a retried attempt already committed are skipped
         try:
             todo = [keys.index(k) for k in mine]
-            samples = Samples(self.modality, [items[i] for i in todo], np.asarray(mine, dtype="S32"),
+            samples = Samples(self.modality, [items[i] for i in todo], as_keys(mine),
                               [str(batch["name"][i]) for i in todo])
             good, loaded = [], []
             for j in range(len(todo)):
