@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ from .errors import BadInputError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint16)  # byte -> its 2 hex digits
 
 
 def _hash(kind: bytes, *chunks: bytes) -> bytes:
@@ -38,10 +39,8 @@ def _hash(kind: bytes, *chunks: bytes) -> bytes:
 
 def _hex_keys(digests: list[bytes] | np.ndarray) -> np.ndarray:
     """16-byte digests → their lowercase hex as an ``S32`` array (the cache's key type), vectorised."""
-    raw = np.asarray(digests, dtype="S16").view(np.uint8).reshape(len(digests), 16)
-    hexed = np.empty((len(digests), 32), dtype=np.uint8)
-    hexed[:, 0::2], hexed[:, 1::2] = _HEX[raw >> 4], _HEX[raw & 15]
-    return hexed.view("S32").ravel()
+    raw = np.asarray(digests, dtype="S16").view(np.uint8)
+    return _HEX_PAIRS[raw].view("S32")
 
 
 def _pixels(image) -> np.ndarray:
@@ -151,17 +150,22 @@ def as_samples(X: Any, modality: str) -> Samples:
 
 
 def _text_samples(X: list) -> Samples:
-    blake2b = hashlib.blake2b
-    try:  # straight into one array: no Python object kept per sample
-        digests = np.fromiter((blake2b(b"text\0" + x.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
-                               for x in X if isinstance(x, str) and x and not x.isspace()), dtype="S16", count=len(X))
-    except ValueError:  # fewer digests than samples: the loop below names the first bad sample
+    if not (all(map(isinstance, X, repeat(str))) and all(X)) or any(map(str.isspace, X)):  # loops in C
         for i, x in enumerate(X):
             if not isinstance(x, str):
                 kind = "an image" if _is_image_like(x) else type(x).__name__
                 raise BadInputError(f"sample {i} is {kind}, but this backbone embeds text: pass str only")
             if not x.strip():
                 raise BadInputError(f"sample {i} is an empty text; drop it or give it content")
+    text = hashlib.blake2b(b"text\0", digest_size=16)  # each text's hash continues from a copy of this one
+    digests = np.empty(len(X), dtype="S16")
+    for lo in range(0, len(X), 4096):  # a block of digests at a time: no Python object kept per sample
+        block = []
+        for x in X[lo:lo + 4096]:
+            h = text.copy()
+            h.update(x.encode("utf-8", errors="surrogatepass"))
+            block.append(h.digest())
+        digests[lo:lo + len(block)] = block
     return Samples("text", X, _hex_keys(digests), _Numbered("text", len(X)))
 
 
