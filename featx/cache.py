@@ -157,19 +157,36 @@ def as_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
     return arr.astype(KEY_DTYPE)
 
 
+def _heads(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each ``S32`` key as an unsigned integer: ordered like the keys themselves,
+    and far quicker to search than 32-byte strings."""
+    return np.ascontiguousarray(keys).view(">u8")[::4].astype(np.uint64)
+
+
 @dataclass
 class _Run:
-    """One sorted run of the index: ``keys`` ascending, with the shard number and row of each."""
+    """One sorted run of the index: ``keys`` ascending (with their ``heads``), and the shard number
+    and row of each."""
 
     keys: np.ndarray
+    heads: np.ndarray
     shard: np.ndarray
     row: np.ndarray
 
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions in this run of ``keys`` and which of them are present."""
-        pos = np.searchsorted(self.keys, keys)
+    def find(self, keys: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in this run of ``keys`` (with their ``heads``; sorted needles search fastest)
+        and which of them are present."""
+        if not len(self.keys):
+            return np.zeros(len(keys), np.intp), np.zeros(len(keys), bool)
+        pos = np.searchsorted(self.heads, heads)
         pos[pos == len(self.keys)] = 0
-        return pos, (self.keys[pos] == keys) if len(self.keys) else np.zeros(len(keys), bool)
+        here = self.keys[pos] == keys
+        tied = np.flatnonzero(~here & (self.heads[pos] == heads))  # another key starts with the same 8 bytes
+        if len(tied):
+            exact = np.searchsorted(self.keys, keys[tied])
+            exact[exact == len(self.keys)] = 0
+            pos[tied], here[tied] = exact, self.keys[exact] == keys[tied]
+        return pos, here
 
     @staticmethod
     def build(keys: np.ndarray, shard: np.ndarray, row: np.ndarray) -> "_Run":
@@ -178,14 +195,50 @@ class _Run:
         keys = keys[order]
         first = np.ones(len(keys), bool)
         first[1:] = keys[1:] != keys[:-1]
-        order = order[first]
-        return _Run(keys[first], shard[order], row[order])
+        order, keys = order[first], keys[first]
+        return _Run(keys, _heads(keys), shard[order], row[order])
 
     @staticmethod
     def merge(older: "_Run", newer: "_Run") -> "_Run":
         """One run holding both; where a key is in both, the older entry wins."""
         return _Run.build(*(np.concatenate([a, b]) for a, b in
                             [(older.keys, newer.keys), (older.shard, newer.shard), (older.row, newer.row)]))
+
+
+@dataclass
+class _Shard:
+    """A committed shard as the index knows it: file ``name``, number of ``rows``, and the byte
+    ``offset`` of its vectors when they lie contiguously in the file in native byte order (read
+    then with one ``preadv``, without HDF5), else ``None``."""
+
+    name: str
+    rows: int
+    offset: int | None
+    checked: tuple | None = None  # (inode, size, mtime) of the file when its vectors were last found finite
+
+
+def _layout(vectors) -> int | None:
+    """Where an h5py dataset's data starts in its file, when one plain read can fetch it."""
+    if vectors.chunks is not None or not vectors.dtype.isnative:
+        return None
+    return vectors.id.get_offset()
+
+
+def _pread(path: Path, offset: int, out: np.ndarray) -> tuple[int, int, int]:
+    """Fill the C-contiguous ``out`` with the bytes at ``offset`` of ``path``; returns the file's
+    (inode, size, mtime), which change if it is ever rewritten."""
+    view, done = memoryview(out).cast("B"), 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise OSError(f"file ends {len(view) - done} bytes early")
+            done += n
+    finally:
+        os.close(fd)
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _Index:
@@ -199,7 +252,7 @@ class _Index:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.runs: list[_Run] = []
-        self.shards: list[str] = []  # shard number -> file name
+        self.shards: list[_Shard] = []  # by shard number
         self.seen: set[str] = set()
         self.lock = threading.RLock()
         self.handles: OrderedDict[str, Any] = OrderedDict()  # the most recently used open shards
@@ -219,41 +272,56 @@ class _Index:
         for name in names & set(self.handles):
             self.handles.pop(name).close()
 
-    def add(self, shards: list[tuple[str, np.ndarray]]) -> None:
-        """Index newly read shards: ``(file name, keys)`` pairs."""
+    def add(self, shards: list[tuple[_Shard, np.ndarray]]) -> None:
+        """Index newly read shards: ``(shard, its keys)`` pairs."""
         if not shards:
             return
         number = [np.full(len(keys), len(self.shards) + i, dtype=np.int32) for i, (_, keys) in enumerate(shards)]
         run = _Run.build(np.concatenate([keys for _, keys in shards]), np.concatenate(number),
                          np.concatenate([np.arange(len(keys), dtype=np.int32) for _, keys in shards]))
-        for name, _ in shards:
-            self.shards.append(name)
-            self.seen.add(name)
+        for shard, _ in shards:
+            self.shards.append(shard)
+            self.seen.add(shard.name)
         self.runs.append(run)
         while len(self.runs) > 1 and len(self.runs[-2].keys) <= 2 * len(self.runs[-1].keys):
             newer = self.runs.pop()
             self.runs[-1] = _Run.merge(self.runs[-1], newer)
 
+    def compact(self, queries: int) -> None:
+        """Merge all runs into one when that costs little next to looking up ``queries`` keys
+        (reads come after writes: the runs a write built up are merged once, and every later
+        look-up searches one run)."""
+        if len(self.runs) > 1 and sum(len(run.keys) for run in self.runs) <= 4 * queries:
+            merged = self.runs[0]
+            for run in self.runs[1:]:
+                merged = _Run.merge(merged, run)
+            self.runs = [merged]
+
     def forget(self, names: set[str]) -> None:
         """Drop the keys of shards that were quarantined or removed."""
         self.close(names)
-        numbers = [i for i, name in enumerate(self.shards) if name in names]
+        numbers = [i for i, shard in enumerate(self.shards) if shard.name in names]
         if numbers:
-            self.runs = [_Run(r.keys[keep], r.shard[keep], r.row[keep]) for r in self.runs
+            self.runs = [_Run(r.keys[keep], r.heads[keep], r.shard[keep], r.row[keep]) for r in self.runs
                          for keep in [~np.isin(r.shard, numbers)]]
         self.seen -= names
 
     def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shard number and row of each key, and which keys are stored."""
+        heads = _heads(keys)
+        order = np.argsort(heads)  # searched in order: each run is walked front to back once
+        keys, heads = keys[order], heads[order]
         shard = np.full(len(keys), -1, dtype=np.int32)
         row = np.zeros(len(keys), dtype=np.int32)
         found = np.zeros(len(keys), dtype=bool)
         for run in self.runs:
-            pos, here = run.find(keys)
+            pos, here = run.find(keys, heads)
             here &= ~found
             shard[here], row[here] = run.shard[pos[here]], run.row[pos[here]]
             found |= here
-        return shard, row, found
+        unsorted = np.empty_like(order)
+        unsorted[order] = np.arange(len(order))
+        return shard[unsorted], row[unsorted], found[unsorted]
 
     def __len__(self) -> int:
         if len(self.runs) < 2:
@@ -291,13 +359,14 @@ class Store:
             for name in sorted(names - self._index.seen):
                 try:
                     f = self._index.open(name)
-                    keys = f["keys"][...]
-                    if f["vectors"].shape != (len(keys), self.dim) or keys.dtype != np.dtype(KEY_DTYPE):
-                        raise ValueError(f"vectors shape {f['vectors'].shape} for {len(keys)} {keys.dtype} keys")
+                    keys, vectors = f["keys"][...], f["vectors"]
+                    if vectors.shape != (len(keys), self.dim) or keys.dtype != np.dtype(KEY_DTYPE):
+                        raise ValueError(f"vectors shape {vectors.shape} for {len(keys)} {keys.dtype} keys")
+                    offset = _layout(vectors)
                 except Exception as exc:
                     self._quarantine(name, f"unreadable ({type(exc).__name__}: {exc})")
                     continue
-                read.append((name, keys))
+                read.append((_Shard(name, len(keys), offset), keys))
             self._index.add(read)
 
     def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,39 +405,66 @@ class Store:
     def get(self, keys: Sequence[str] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Vectors for ``keys`` (all must be stored), as float32 ``(len(keys), dim)``, written into
         ``out`` when given (no second copy of a large matrix)."""
-        self.refresh()
         keys = as_keys(keys)
         out = np.empty((len(keys), self.dim), dtype=np.float32) if out is None else out
-        shard, row, found = self._locate(keys)
-        if not found.all():
-            missing = keys[np.argmin(found)].decode()
+        entries = self.read(keys, out)
+        if (entries < 0).any():
+            missing = keys[np.argmin(entries)].decode()
             raise CacheError(f"sample key {missing} is not in the cache store {str(self.path)!r}")
-        order = np.argsort(shard, kind="stable")
+        return out
+
+    def read(self, keys: Sequence[str] | np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the vectors of whichever ``keys`` are stored into their rows of ``out`` (float32
+        ``(len(keys), dim)``; other rows are left as they are) and return each key's entry number
+        in the store: equal keys, equal numbers; -1 for keys not stored.
+
+        >>> import tempfile, numpy as np
+        >>> store = EmbeddingCache(tempfile.mkdtemp()).store("fp0", name="demo", dim=2)
+        >>> store.put(["k1"], np.ones((1, 2), np.float32))
+        >>> out = np.zeros((3, 2), np.float32)
+        >>> (store.read(["k1", "k2", "k1"], out) >= 0).tolist(), out[:, 0].tolist()
+        ([True, False, True], [1.0, 0.0, 1.0])
+        """
+        self.refresh()
+        keys = as_keys(keys)
+        with self._index.lock:
+            self._index.compact(len(keys))
+            shard, row, found = self._index.locate(keys)
+        hits = np.flatnonzero(found)
+        order = hits[np.argsort(shard[hits], kind="stable")]
         bounds = np.flatnonzero(np.diff(shard[order])) + 1
         for dest in np.split(order, bounds) if len(order) else []:
-            name, rows = self._index.shards[shard[dest[0]]], row[dest]
-            try:
+            self._read(self._index.shards[shard[dest[0]]], row[dest], out, dest)
+        return np.where(found, shard.astype(np.int64) << 32 | row, -1)
+
+    def _read(self, shard: _Shard, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> None:
+        """Copy rows ``rows`` of ``shard`` into ``out[dest]`` (``dest`` ascending); a shard that
+        fails to read or holds non-finite vectors is quarantined and ``DamagedShardError`` raised."""
+        whole = len(rows) * 4 >= shard.rows  # most of the shard: read all of it in one go
+        in_place = (shard.offset is not None and len(rows) == shard.rows and dest[-1] - dest[0] == len(dest) - 1
+                    and out.dtype == self.dtype and out.flags.c_contiguous and (rows == np.arange(len(rows))).all())
+        stamp = None  # the file as read, when read whole without HDF5
+        try:
+            if whole and shard.offset is not None:
+                block = out[dest[0]:dest[-1] + 1] if in_place else np.empty((shard.rows, self.dim), self.dtype)
+                stamp = _pread(self.path / shard.name, shard.offset, block)
+            elif whole:
                 with self._index.lock:
-                    vectors = self._index.open(name)["vectors"]
-                    if len(rows) == vectors.shape[0] and (rows == np.arange(len(rows))).all() \
-                            and dest[-1] - dest[0] == len(dest) - 1:  # the whole shard into consecutive rows
-                        vectors.read_direct(out, dest_sel=np.s_[dest[0]:dest[-1] + 1])
-                        picked, dest = out[dest[0]:dest[-1] + 1], None
-                    elif len(rows) * 4 >= vectors.shape[0]:  # most of the shard: one contiguous read
-                        picked = vectors[...][rows]
-                    else:
-                        by_row = np.argsort(rows)
-                        unique_rows, inverse = np.unique(rows[by_row], return_inverse=True)
-                        picked, dest = vectors[unique_rows][inverse], dest[by_row]
-            except Exception as exc:
-                self._quarantine(name, f"read failed ({type(exc).__name__}: {exc})")
-                raise DamagedShardError(f"cache shard {name} failed while being read and was quarantined") from None
-            if not np.isfinite(picked).all():
-                self._quarantine(name, "vectors contain NaN or infinity")
-                raise DamagedShardError(f"cache shard {name} holds non-finite vectors and was quarantined")
-            if dest is not None:  # None: read in place already
-                out[dest] = picked
-        return out
+                    block = self._index.open(shard.name)["vectors"][...]
+            else:
+                unique_rows, inverse = np.unique(rows, return_inverse=True)
+                with self._index.lock:
+                    block, rows = self._index.open(shard.name)["vectors"][unique_rows], inverse
+        except Exception as exc:
+            self._quarantine(shard.name, f"read failed ({type(exc).__name__}: {exc})")
+            raise DamagedShardError(f"cache shard {shard.name} failed while being read and was quarantined") from None
+        if stamp is None or stamp != shard.checked:  # a file checked whole is checked again only if rewritten
+            if not (np.isfinite(block.min()) and np.isfinite(block.max())):  # NaN and ±inf reach min or max
+                self._quarantine(shard.name, "vectors contain NaN or infinity")
+                raise DamagedShardError(f"cache shard {shard.name} holds non-finite vectors and was quarantined")
+            shard.checked = stamp or shard.checked
+        if not in_place:
+            out[dest] = block[rows]
 
     def put(self, keys: Sequence[str] | np.ndarray, vectors: np.ndarray) -> None:
         """Append one shard, atomically: after a crash it is either whole or absent."""

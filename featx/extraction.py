@@ -205,6 +205,22 @@ def _fill(store: Store, samples: Samples, todo: np.ndarray, backbone: Backbone, 
     return embedded
 
 
+def _read_stored(store: Store, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``store.read``, again after each shard found damaged (it is quarantined, and its samples
+    count as missing, to be embedded again)."""
+    while True:  # each retry has one shard fewer to read
+        try:
+            return store.read(keys, out)
+        except DamagedShardError:
+            continue
+
+
+def _distinct(entries: np.ndarray) -> int:
+    """How many different store entries (hence keys) there are in ``entries``."""
+    ordered = np.sort(entries)
+    return int(len(ordered) > 0) + int(np.count_nonzero(ordered[1:] != ordered[:-1]))
+
+
 def _to_embed(samples: Samples, present: np.ndarray) -> np.ndarray:
     """Indices of the first sample of each missing key, in input order — texts longest first, so
     similar lengths share a chunk and each batch pads little."""
@@ -250,7 +266,9 @@ def extract(
     start = time.perf_counter()
     samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality)
     store = open_store(backbone, cache_dir, dtype)
-    present = store.contains(samples.keys)
+    vectors = np.empty((len(samples), backbone.dim), dtype=np.float32)  # every row is written below
+    entries = _read_stored(store, samples.keys, vectors)
+    present = entries >= 0
     todo = _to_embed(samples, present)
     if len(todo):
         backbone.to(device)
@@ -272,20 +290,17 @@ def extract(
         meter.finish()
 
     ok = ~np.isin(samples.keys, np.asarray(list(failed), dtype=samples.keys.dtype)) if failed else np.ones(len(samples), bool)
-    vectors = np.empty((len(samples), backbone.dim), dtype=np.float32)  # every row is written below
-    if not ok.all():
-        vectors[~ok] = np.nan
+    vectors[~ok] = np.nan
+    new = np.flatnonzero(ok & ~present)  # embedded just now, by this process or another writer
     for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
         try:
-            if ok.all():
-                store.get(samples.keys, out=vectors)
-            else:
-                vectors[ok] = store.get(samples.keys[ok])
+            for lo in range(0, len(new), TEXT_CHUNK):  # block by block: no second matrix of the new rows
+                vectors[new[lo:lo + TEXT_CHUNK]] = store.get(samples.keys[new[lo:lo + TEXT_CHUNK]])
             break
         except DamagedShardError:
             if attempt == 2:
                 raise
-            lost = np.flatnonzero(ok & ~store.contains(samples.keys))
+            lost = new[~store.contains(samples.keys[new])]
             backbone.to(device)
             embedded += _fill(store, samples, lost, backbone, batch_size, chunk_size, num_workers, failed,
                               Progress(len(lost), "re-embedding quarantined samples", progress))
@@ -295,7 +310,7 @@ def extract(
     ]
     stats = ExtractStats(
         backbone=backbone.name, store_key=store.path.name, samples=len(samples),
-        unique=len(np.unique(samples.keys)), hits=int(present.sum()), embedded=embedded,
+        unique=_distinct(entries[present]) + len(todo), hits=int(present.sum()), embedded=embedded,
         seconds=time.perf_counter() - start, failed=bad,
     )
     if bad and errors == "raise":

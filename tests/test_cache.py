@@ -194,3 +194,86 @@ def test_store_keys_longer_than_32_characters_are_refused(cache_dir):
     store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
     with pytest.raises(CacheError, match="at most 32"):
         store.put(["k" * 33], np.ones((1, 1), np.float32))
+
+
+def test_keys_sharing_their_first_eight_bytes_are_told_apart(cache_dir):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    keys = ["prefix00", "prefix00a", "prefix00b", "prefix00zz", "prefix01"]  # the index searches the first 8 bytes
+    store.put(keys[::2], np.array([[0], [2], [4]], np.float32))
+    store.put(keys[1::2], np.array([[1], [3]], np.float32))
+    asked = ["prefix00b", "prefix00c", "prefix00", "prefix00zz", "prefix00a", "prefix01", "prefix0"]
+    assert store.contains(asked).tolist() == [True, False, True, True, True, True, False]
+    np.testing.assert_array_equal(store.get([k for k in asked if k not in ("prefix00c", "prefix0")])[:, 0],
+                                  [2, 0, 3, 1, 4])
+
+
+def test_read_fills_stored_rows_numbers_entries_and_leaves_the_rest(cache_dir):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=2)
+    store.put(["a", "b"], np.array([[1, 1], [2, 2]], np.float32))
+    store.put(["c"], np.array([[3, 3]], np.float32))
+    out = np.full((5, 2), -7, np.float32)
+    entries = store.read(["c", "x", "a", "c", "b"], out)
+    np.testing.assert_array_equal(out, [[3, 3], [-7, -7], [1, 1], [3, 3], [2, 2]])
+    assert entries[1] == -1 and entries[0] == entries[3] and len(set(entries[[0, 2, 4]])) == 3
+
+
+def test_runs_merged_by_a_read_keep_every_entry_and_the_oldest_one(cache_dir):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    for n in range(7):  # one refresh per shard: the index holds several runs
+        store.put([f"k{n}", "dup"], np.array([[n], [100 + n]], np.float32))
+        store.contains(["dup"])
+    assert len(store._index.runs) > 1
+    got = store.get([f"k{n}" for n in range(7)] + ["dup"])[:, 0]
+    assert len(store._index.runs) == 1
+    np.testing.assert_array_equal(got, [0, 1, 2, 3, 4, 5, 6, 100])
+
+
+def _write_shard(store, name, keys, vectors, **options):
+    import h5py
+
+    with h5py.File(store.path / name, "w") as f:
+        f.create_dataset("keys", data=np.asarray(keys, dtype="S32"))
+        f.create_dataset("vectors", data=vectors, **options)
+        f.attrs["fingerprint"] = store.meta["fingerprint"]
+
+
+@pytest.mark.parametrize("options", [{"compression": "gzip", "chunks": (2, 3)}, {"dtype": ">f4"}],
+                         ids=["compressed", "big-endian"])
+def test_shards_another_writer_laid_out_differently_are_read_through_hdf5(cache_dir, options):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    store.put(["plain"], np.ones((1, 3), np.float32))
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    _write_shard(store, "shard-00000000000000000001-1-other.h5", ["w", "x", "y", "z"], vectors, **options)
+    np.testing.assert_array_equal(store.get(["z", "plain", "x", "w", "y"]),
+                                  [vectors[3], [1, 1, 1], vectors[1], vectors[0], vectors[2]])
+    np.testing.assert_array_equal(store.get(["y"]), vectors[[2]])  # one row of four: a sparse read
+    assert sorted(shard.offset is None for shard in store._index.shards) == [False, True]
+
+
+def test_a_shard_rewritten_with_nan_is_quarantined_on_read_and_re_embedded(counting, cache_dir):
+    from featx.cache import CacheWarning
+
+    first = extract(counting, texts(40), cache_dir=cache_dir, chunk_size=10)  # read once whole: checked
+    (store,) = EmbeddingCache(cache_dir).stores()
+    store.refresh()
+    victim = store._index.shards[1]
+    with open(store.path / victim.name, "r+b") as f:  # garbage over row 3, in place: same layout, same size
+        f.seek(victim.offset + 3 * store.dim * 4)
+        f.write(np.full(store.dim, np.nan, np.float32).tobytes())
+    counting.embedded.clear()
+    with pytest.warns(CacheWarning, match="NaN or infinity"):
+        again = extract(counting, texts(40), cache_dir=cache_dir)
+    assert len(counting.embedded) == 10 and again.stats.embedded == 10
+    assert (store.path / "quarantine" / victim.name).exists()
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+
+
+def test_unique_counts_distinct_samples_among_hits_and_misses(counting, cache_dir):
+    assert extract(counting, ["a", "b", "a"], cache_dir=cache_dir).stats.unique == 2
+    stats = extract(counting, ["a", "a", "c", "c", "d", "b"], cache_dir=cache_dir).stats
+    assert (stats.samples, stats.unique, stats.hits, stats.embedded) == (6, 4, 3, 2)
+
+
+def test_text_subclasses_such_as_numpy_strings_get_the_same_keys():
+    texts_ = ["a cat", "naïve café"]
+    np.testing.assert_array_equal(as_samples(list(np.array(texts_)), "text").keys, as_samples(texts_, "text").keys)
