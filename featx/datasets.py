@@ -270,7 +270,12 @@ def labels_or_raise(y: Sequence[Any] | None, n: int) -> np.ndarray:
     """Validate classification labels: one per sample, none missing, at least two classes."""
     if y is None:
         raise BadInputError("labels y are required for fitting")
-    arr = y if isinstance(y, np.ndarray) and y.ndim == 1 else np.asarray(list(y), dtype=object)
+    if isinstance(y, np.ndarray) and y.ndim == 1:
+        arr = y
+    else:  # a list of one plain type becomes a typed array: checked without a Python loop
+        y = list(y)
+        types = set(map(type, y))
+        arr = np.asarray(y) if len(types) == 1 and types <= {str, int, float, bool} else np.asarray(y, dtype=object)
     if len(arr) != n:
         raise BadInputError(f"len(X) = {n} but len(y) = {len(arr)}: give one label per sample")
     if arr.dtype.kind in "biuUS":  # one numpy type: only empty strings can be missing
