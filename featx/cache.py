@@ -242,8 +242,9 @@ def _pread(path: Path, offset: int, out: np.ndarray) -> tuple[int, int, int]:
 
 
 class _Index:
-    """Where each stored key lives: a few sorted numpy runs of (key, shard number, row), about 40
-    bytes per sample, merged like a binary counter as shards arrive; the oldest entry of a key wins.
+    """Where each stored key lives: a few sorted numpy runs of (key, its first 8 bytes, shard
+    number, row), 48 bytes per sample, merged like a binary counter as shards arrive; the oldest
+    entry of a key wins.
 
     One per store folder and process, shared by its ``Store`` objects, so a second extraction
     reads only the shards committed since the first.
