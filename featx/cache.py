@@ -219,7 +219,7 @@ class _Shard:
 
 def _layout(vectors) -> int | None:
     """Where an h5py dataset's data starts in its file, when one plain read can fetch it."""
-    if vectors.chunks is not None or not vectors.dtype.isnative:
+    if vectors.chunks is not None or not vectors.dtype.isnative or not hasattr(os, "preadv"):
         return None
     return vectors.id.get_offset()
 
