@@ -426,8 +426,11 @@ class Store:
         >>> (store.read(["k1", "k2", "k1"], out) >= 0).tolist(), out[:, 0].tolist()
         ([True, False, True], [1.0, 0.0, 1.0])
         """
-        self.refresh()
         keys = as_keys(keys)
+        if out.shape != (len(keys), self.dim):
+            raise CacheError(f"read: out has shape {out.shape}; pass an array of shape ({len(keys)}, {self.dim}), "
+                             f"one row per key")
+        self.refresh()
         with self._index.lock:
             self._index.compact(len(keys))
             shard, row, found = self._index.locate(keys)

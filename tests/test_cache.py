@@ -215,6 +215,8 @@ def test_read_fills_stored_rows_numbers_entries_and_leaves_the_rest(cache_dir):
     entries = store.read(["c", "x", "a", "c", "b"], out)
     np.testing.assert_array_equal(out, [[3, 3], [-7, -7], [1, 1], [3, 3], [2, 2]])
     assert entries[1] == -1 and entries[0] == entries[3] and len(set(entries[[0, 2, 4]])) == 3
+    with pytest.raises(CacheError, match=r"shape \(4, 2\).*\(5, 2\)"):
+        store.read(["c", "x", "a", "c", "b"], np.zeros((4, 2), np.float32))
 
 
 def test_runs_merged_by_a_read_keep_every_entry_and_the_oldest_one(cache_dir):
