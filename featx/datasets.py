@@ -30,8 +30,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 _HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint16)  # byte -> its 2 hex digits
 
 
+def _hasher(kind: bytes):
+    """The blake2b state every key of this ``kind`` continues from (16-byte digests)."""
+    return hashlib.blake2b(kind + b"\0", digest_size=16)
+
+
 def _hash(kind: bytes, *chunks: bytes) -> bytes:
-    h = hashlib.blake2b(kind + b"\0", digest_size=16)
+    h = _hasher(kind)
     for chunk in chunks:
         h.update(chunk)
     return h.digest()
@@ -157,7 +162,7 @@ def _text_samples(X: list) -> Samples:
                 raise BadInputError(f"sample {i} is {kind}, but this backbone embeds text: pass str only")
             if not x.strip():
                 raise BadInputError(f"sample {i} is an empty text; drop it or give it content")
-    text = hashlib.blake2b(b"text\0", digest_size=16)  # each text's hash continues from a copy of this one
+    text = _hasher(b"text")  # each text's hash continues from a copy of this state
     digests = np.empty(len(X), dtype="S16")
     for lo in range(0, len(X), 4096):  # a block of digests at a time: no Python object kept per sample
         block = []

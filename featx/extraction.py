@@ -294,8 +294,8 @@ def extract(
     new = np.flatnonzero(ok & ~present)  # embedded just now, by this process or another writer
     for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
         try:
-            for lo in range(0, len(new), TEXT_CHUNK):  # block by block: no second matrix of the new rows
-                vectors[new[lo:lo + TEXT_CHUNK]] = store.get(samples.keys[new[lo:lo + TEXT_CHUNK]])
+            for lo in range(0, len(new), chunk_size):  # a shard's worth at a time: no second matrix of the new rows
+                vectors[new[lo:lo + chunk_size]] = store.get(samples.keys[new[lo:lo + chunk_size]])
             break
         except DamagedShardError:
             if attempt == 2:
