@@ -15,6 +15,8 @@ import csv
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -155,6 +157,20 @@ def as_samples(X: Any, modality: str) -> Samples:
 
 
 def _text_samples(X: list) -> Samples:
+    whole = _list_digest(X)
+    with _recent_lock:
+        keys = _recent.get(whole) if whole else None
+        if keys is not None:
+            _recent.move_to_end(whole)
+    if keys is None:  # a list seen before was checked then
+        _check_texts(X)
+        keys = _text_keys(X)
+        if whole:
+            _remember(whole, keys)
+    return Samples("text", X, keys, _Numbered("text", len(X)))
+
+
+def _check_texts(X: list) -> None:
     if not (all(map(isinstance, X, repeat(str))) and all(X)) or any(map(str.isspace, X)):  # loops in C
         for i, x in enumerate(X):
             if not isinstance(x, str):
@@ -162,6 +178,9 @@ def _text_samples(X: list) -> Samples:
                 raise BadInputError(f"sample {i} is {kind}, but this backbone embeds text: pass str only")
             if not x.strip():
                 raise BadInputError(f"sample {i} is an empty text; drop it or give it content")
+
+
+def _text_keys(X: list[str]) -> np.ndarray:
     text = _hasher(b"text")  # each text's hash continues from a copy of this state
     digests = np.empty(len(X), dtype="S16")
     for lo in range(0, len(X), 4096):  # a block of digests at a time: no Python object kept per sample
@@ -171,7 +190,47 @@ def _text_samples(X: list) -> Samples:
             h.update(x.encode("utf-8", errors="surrogatepass"))
             block.append(h.digest())
         digests[lo:lo + len(block)] = block
-    return Samples("text", X, _hex_keys(digests), _Numbered("text", len(X)))
+    keys = _hex_keys(digests)
+    keys.flags.writeable = False  # shared with the memo of recent lists
+    return keys
+
+
+# Keys of recent lists of many short texts, by a digest of the whole list: a list seen again (a
+# second fit, GridSearchCV's folds for each candidate, predict after fit) costs one hash of its
+# bytes instead of a hash call per text.  Holds keys only (32 bytes per text), never the texts.
+REMEMBER_MIN_TEXTS = 256  # below this, hashing the texts one by one is as quick
+REMEMBER_MAX_CHARS = 256  # mean length above which one call per text costs little beside hashing the bytes
+REMEMBER_KEYS = 1 << 20  # keys kept in all (32 MB), the least recently used list dropped first
+_recent: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def _list_digest(X: list) -> bytes | None:
+    """A digest of a whole list of many short texts (each one's length, then all of them), or
+    None for short lists, long texts and lists that are not all text."""
+    if len(X) < REMEMBER_MIN_TEXTS:
+        return None
+    try:
+        lengths = np.fromiter(map(len, X), dtype=np.int64, count=len(X))
+        if lengths.sum() > REMEMBER_MAX_CHARS * len(X):
+            return None
+        h = _hasher(b"text-list")
+        h.update(lengths.tobytes())
+        for lo in range(0, len(X), 256):  # small joins: no large buffer allocated and freed
+            h.update("".join(X[lo:lo + 256]).encode("utf-8", errors="surrogatepass"))
+    except TypeError:  # not all text: checked and reported by _check_texts
+        return None
+    return h.digest()
+
+
+def _remember(whole: bytes, keys: np.ndarray) -> None:
+    if len(keys) > REMEMBER_KEYS:
+        return
+    with _recent_lock:
+        _recent[whole] = keys
+        total = sum(map(len, _recent.values()))
+        while total > REMEMBER_KEYS:
+            total -= len(_recent.popitem(last=False)[1])
 
 
 def _image_samples(X: list) -> Samples:

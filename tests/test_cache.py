@@ -279,3 +279,65 @@ def test_unique_counts_distinct_samples_among_hits_and_misses(counting, cache_di
 def test_text_subclasses_such_as_numpy_strings_get_the_same_keys():
     texts_ = ["a cat", "naïve café"]
     np.testing.assert_array_equal(as_samples(list(np.array(texts_)), "text").keys, as_samples(texts_, "text").keys)
+
+
+def _recipe(texts_):
+    import hashlib
+
+    return [hashlib.blake2b(b"text\0" + t.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest().encode()
+            for t in texts_]
+
+
+@pytest.fixture
+def key_memo(monkeypatch):
+    """The memo of recent text lists, emptied, with every per-text hashing pass counted."""
+    from featx import datasets
+
+    monkeypatch.setattr(datasets, "_recent", type(datasets._recent)())
+    passes = []
+    real = datasets._text_keys
+    monkeypatch.setattr(datasets, "_text_keys", lambda X: passes.append(len(X)) or real(X))
+    return datasets, passes
+
+
+def test_a_list_of_short_texts_seen_again_is_not_hashed_text_by_text(key_memo):
+    datasets, passes = key_memo
+    first = texts(300)
+    keys = as_samples(first, "text").keys
+    again = as_samples([t.encode().decode() for t in first], "text").keys  # equal texts, new objects
+    assert passes == [300]
+    assert again.tolist() == keys.tolist() == _recipe(first)
+    assert not again.flags.writeable  # shared with the memo: nobody may change it
+
+
+def test_remembered_lists_are_told_apart_by_every_text_and_boundary(key_memo):
+    datasets, passes = key_memo
+    base = texts(300)
+    variants = [base, base[:-1] + ["sample number 2990"], ["ab", "c"] + base[2:], ["a", "bc"] + base[2:],
+                base[::-1], ["\ud800 lone surrogate"] + base[1:]]
+    for v in variants:
+        assert as_samples(v, "text").keys.tolist() == _recipe(v)
+    assert passes == [300] * len(variants)  # no variant was mistaken for another
+
+
+def test_only_many_short_texts_are_remembered_and_within_the_budget(key_memo, monkeypatch):
+    datasets, passes = key_memo
+    as_samples(texts(10), "text")
+    as_samples(["word " * 100 + str(i) for i in range(300)], "text")  # long texts: hashing them is the cost
+    assert len(datasets._recent) == 0
+    monkeypatch.setattr(datasets, "REMEMBER_KEYS", 700)
+    for start in (0, 1000, 2000):
+        as_samples(texts(300, start), "text")
+    assert sorted(map(len, datasets._recent.values())) == [300, 300]  # the oldest list was dropped
+    as_samples(texts(300, 1000), "text")
+    as_samples(texts(800), "text")  # bigger than the whole budget: not kept, nothing dropped for it
+    assert passes == [10, 300, 300, 300, 300, 800] and len(datasets._recent) == 2
+
+
+def test_an_invalid_list_is_never_remembered(key_memo):
+    datasets, _ = key_memo
+    bad = texts(299) + ["   "]
+    for _ in range(2):
+        with pytest.raises(featx.BadInputError, match="sample 299 is an empty text"):
+            as_samples(bad, "text")
+    assert len(datasets._recent) == 0
