@@ -4,6 +4,9 @@
       <store key>/            store key = digest(backbone fingerprint, storage dtype)
         meta.json             backbone name, fingerprint, dim, dtype, views
         shard-<ns>-<pid>-<rand>.h5   datasets "keys" (n,) S32 and "vectors" (n, dim)
+        index.npz             the shards' keys as last indexed: a new process reads this one file
+                              instead of opening every shard (any shard it does not describe as it
+                              is now is read from the shard itself; a damaged index.npz is ignored)
 
 A shard is written to a temporary name, flushed to disk, then renamed: readers see whole shards or
 none, and writers in several processes (or machines on a shared filesystem) never touch each
@@ -42,6 +45,7 @@ STORED, MINE, WAITING, FREE = 0, 1, 2, 3  # a key's status in Store.claim_status
 CLAIM_TIMEOUT = float(os.environ.get("FEATX_CLAIM_TIMEOUT", 600))  # seconds before another host's claim is stale
 TMP_TIMEOUT = 600.0  # seconds before an orphaned temporary shard is garbage
 OPEN_SHARDS = 16  # read handles kept open per store
+SNAPSHOT = "index.npz"  # the index as last saved: see _Index.save_if_due
 
 
 class CacheWarning(UserWarning):
@@ -214,7 +218,13 @@ class _Shard:
     name: str
     rows: int
     offset: int | None
-    checked: tuple | None = None  # (inode, size, mtime) of the file when its vectors were last found finite
+    stamp: tuple  # (inode, size, mtime) of the file when it was indexed
+    checked: tuple | None = None  # the same when its vectors were last found finite
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _layout(vectors) -> int | None:
@@ -255,6 +265,7 @@ class _Index:
         self.runs: list[_Run] = []
         self.shards: list[_Shard] = []  # by shard number
         self.seen: set[str] = set()
+        self.unsaved = 0  # shards indexed from their own files, or checked, since the index was last saved
         self.lock = threading.RLock()
         self.handles: OrderedDict[str, Any] = OrderedDict()  # the most recently used open shards
 
@@ -287,6 +298,57 @@ class _Index:
         while len(self.runs) > 1 and len(self.runs[-2].keys) <= 2 * len(self.runs[-1].keys):
             newer = self.runs.pop()
             self.runs[-1] = _Run.merge(self.runs[-1], newer)
+
+    def save(self, path: Path) -> None:
+        """Write the index to ``path`` (atomically; skipped where the folder is read-only)."""
+        arrays = {
+            "names": np.asarray([sh.name for sh in self.shards], dtype="S"),
+            "rows": np.asarray([sh.rows for sh in self.shards], dtype=np.int64),
+            "offsets": np.asarray([-1 if sh.offset is None else sh.offset for sh in self.shards], dtype=np.int64),
+            "stamps": np.asarray([sh.stamp for sh in self.shards], dtype=np.int64).reshape(-1, 3),
+            "checked": np.asarray([sh.checked == sh.stamp for sh in self.shards], dtype=bool),
+        }
+        for i, run in enumerate(self.runs):
+            arrays.update({f"keys{i}": run.keys.view(KEY_DTYPE), f"shard{i}": run.shard, f"row{i}": run.row})
+        tmp = path.with_name(f".tmp-index-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+        self.unsaved = 0
+
+    def save_if_due(self, path: Path) -> None:
+        """``save`` once an eighth of the shards were indexed or checked since the last save (so
+        all rewrites together cost a few times the final size of the index)."""
+        if self.unsaved and 8 * self.unsaved >= len(self.shards):
+            self.save(path)
+
+    def restore(self, path: Path, names: set[str]) -> None:
+        """Take the index saved at ``path``, keeping only shards still there as they were then
+        (anything else, or a damaged file, is left for ``Store.refresh`` to read from the shards)."""
+        try:
+            with np.load(path) as saved:
+                table = [saved[k] for k in ("names", "rows", "offsets", "stamps", "checked")]
+                runs = [_Run(saved[f"keys{i}"], _heads(saved[f"keys{i}"]), saved[f"shard{i}"], saved[f"row{i}"])
+                        for i in range(sum(k.startswith("keys") for k in saved.files))]
+        except Exception:  # missing, torn or foreign: the shards themselves are the truth
+            return
+        shards = []
+        for name, rows, offset, stamp, checked in zip(*table):
+            stamp = tuple(int(v) for v in stamp)
+            shards.append(_Shard(name.decode(), int(rows), None if offset < 0 else int(offset), stamp,
+                                 stamp if checked else None))
+        kept = set()
+        for shard in shards:
+            try:
+                if shard.name in names and _stamp(self.folder / shard.name) == shard.stamp:
+                    kept.add(shard.name)
+            except OSError:
+                pass
+        self.shards, self.runs, self.seen = shards, runs, {sh.name for sh in shards}
+        self.forget(self.seen - kept)
 
     def compact(self, queries: int) -> None:
         """Merge all runs into one when that costs little next to looking up ``queries`` keys
@@ -355,6 +417,8 @@ class Store:
         except FileNotFoundError:
             names = set()
         with self._index.lock:
+            if not self._index.shards and names:
+                self._index.restore(self.path / SNAPSHOT, names)
             self._index.forget(self._index.seen - names)
             read = []
             for name in sorted(names - self._index.seen):
@@ -364,11 +428,14 @@ class Store:
                     if vectors.shape != (len(keys), self.dim) or keys.dtype != np.dtype(KEY_DTYPE):
                         raise ValueError(f"vectors shape {vectors.shape} for {len(keys)} {keys.dtype} keys")
                     offset = _layout(vectors)
+                    stamp = _stamp(self.path / name)
                 except Exception as exc:
                     self._quarantine(name, f"unreadable ({type(exc).__name__}: {exc})")
                     continue
-                read.append((_Shard(name, len(keys), offset), keys))
+                read.append((_Shard(name, len(keys), offset, stamp), keys))
             self._index.add(read)
+            self._index.unsaved += len(read)
+            self._index.save_if_due(self.path / SNAPSHOT)
 
     def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with self._index.lock:
@@ -439,6 +506,8 @@ class Store:
         bounds = np.flatnonzero(np.diff(shard[order])) + 1
         for dest in np.split(order, bounds) if len(order) else []:
             self._read(self._index.shards[shard[dest[0]]], row[dest], out, dest)
+        with self._index.lock:
+            self._index.save_if_due(self.path / SNAPSHOT)
         return np.where(found, shard.astype(np.int64) << 32 | row, -1)
 
     def _read(self, shard: _Shard, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> None:
@@ -466,7 +535,9 @@ class Store:
             if not (np.isfinite(block.min()) and np.isfinite(block.max())):  # NaN and ±inf reach min or max
                 self._quarantine(shard.name, "vectors contain NaN or infinity")
                 raise DamagedShardError(f"cache shard {shard.name} holds non-finite vectors and was quarantined")
-            shard.checked = stamp or shard.checked
+            if stamp is not None:
+                shard.checked = stamp
+                self._index.unsaved += 1
         if not in_place:
             out[dest] = block[rows]
 

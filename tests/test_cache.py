@@ -341,3 +341,93 @@ def test_an_invalid_list_is_never_remembered(key_memo):
         with pytest.raises(featx.BadInputError, match="sample 299 is an empty text"):
             as_samples(bad, "text")
     assert len(datasets._recent) == 0
+
+
+def _filled_store(cache_dir, shards=12, rows=50):
+    """A store of ``shards`` shards, each key's vector holding its number; all read once."""
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    keys = np.asarray([f"{i:032x}" for i in range(shards * rows)], dtype="S32")
+    for lo in range(0, len(keys), rows):
+        store.put(keys[lo:lo + rows], np.repeat(np.arange(lo, lo + rows, dtype=np.float32)[:, None], 3, axis=1))
+    store.get(keys)
+    return store, keys
+
+
+@pytest.fixture
+def new_process(monkeypatch):
+    """Start over as a new process would (no index in memory); returns the shard files opened since."""
+    import featx.cache as cache_module
+
+    def start():
+        monkeypatch.setattr(cache_module, "_indexes", {})
+        opened.clear()
+        return opened
+
+    opened: list[str] = []
+    real = cache_module._Index.open
+    monkeypatch.setattr(cache_module._Index, "open", lambda self, name: opened.append(name) or real(self, name))
+    return start
+
+
+def test_a_new_process_reads_the_saved_index_instead_of_every_shard(cache_dir, new_process):
+    store, keys = _filled_store(cache_dir)
+    assert (store.path / "index.npz").is_file()
+    opened = new_process()
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
+    assert opened == []  # no shard opened through HDF5, vectors read at their saved offsets
+    assert all(shard.checked == shard.stamp for shard in fresh._index.shards)  # found finite before: not again
+
+
+def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_dir, new_process):
+    import h5py
+
+    store, keys = _filled_store(cache_dir)
+    saved = (store.path / "index.npz").read_bytes()
+    more = np.asarray([f"{i:032x}" for i in range(1000, 1040)], dtype="S32")
+    store.put(more, np.full((40, 3), 5, np.float32))
+    shards = sorted(store.path.glob("shard-*.h5"))
+    shards[0].unlink()  # deleted by hand: its 50 keys are gone
+    with h5py.File(shards[1], "r") as f:
+        replaced_keys = f["keys"][...]
+    shards[1].unlink()
+    with h5py.File(shards[1], "w") as f:  # rewritten in place under its old name, other vectors
+        f.create_dataset("keys", data=replaced_keys)
+        f.create_dataset("vectors", data=np.full((len(replaced_keys), 3), 7, np.float32))
+        f.attrs["fingerprint"] = "fp"
+    (store.path / "index.npz").write_bytes(saved)  # as saved before all this
+    opened = new_process()
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    everything = np.concatenate([keys, more])
+    assert fresh.contains(everything).sum() == len(everything) - 50
+    assert not fresh.contains(keys[:50]).any()
+    np.testing.assert_array_equal(fresh.get(replaced_keys), 7)
+    np.testing.assert_array_equal(fresh.get(more), 5)
+    np.testing.assert_array_equal(fresh.get(keys[100:])[:, 0], np.arange(100, len(keys)))
+    assert sorted(opened) == sorted({shards[1].name, shards[-1].name})  # only what the saved index did not describe
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped byte"])
+def test_a_damaged_saved_index_is_ignored_and_written_again(cache_dir, new_process, damage):
+    store, keys = _filled_store(cache_dir)
+    path = store.path / "index.npz"
+    data = bytearray(path.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+    path.write_bytes({"garbage": b"not an index", "truncated": bytes(data[:len(data) // 2])}.get(damage, bytes(data)))
+    opened = new_process()
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    np.testing.assert_array_equal(fresh.get(keys)[:, 0], np.arange(len(keys)))
+    assert len(opened) == 12  # every shard read from its own file
+    assert new_process() == [] and EmbeddingCache(cache_dir).store("fp", name="t", dim=3).contains(keys).all()
+    assert opened == []  # the index was saved whole again
+
+
+def test_an_index_that_cannot_be_saved_costs_nothing_but_speed(cache_dir, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    store, keys = _filled_store(cache_dir)
+    np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
+    assert not (store.path / "index.npz").exists() and not list(store.path.glob(".tmp-*"))
