@@ -29,7 +29,7 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -300,23 +300,28 @@ class _Index:
             self.runs[-1] = _Run.merge(self.runs[-1], newer)
 
     def save(self, path: Path) -> None:
-        """Write the index to ``path`` (atomically; skipped where the folder is read-only)."""
-        arrays = {
-            "names": np.asarray([sh.name for sh in self.shards], dtype="S"),
-            "rows": np.asarray([sh.rows for sh in self.shards], dtype=np.int64),
-            "offsets": np.asarray([-1 if sh.offset is None else sh.offset for sh in self.shards], dtype=np.int64),
-            "stamps": np.asarray([sh.stamp for sh in self.shards], dtype=np.int64).reshape(-1, 3),
-            "checked": np.asarray([sh.checked == sh.stamp for sh in self.shards], dtype=bool),
-        }
-        for i, run in enumerate(self.runs):
-            arrays.update({f"keys{i}": run.keys.view(KEY_DTYPE), f"shard{i}": run.shard, f"row{i}": run.row})
+        """Write the index to ``path`` as one run (atomically; skipped where the folder is read-only)."""
+        self.merge()
+        names = np.asarray([sh.name for sh in self.shards], dtype="S")
+        table = np.zeros(len(self.shards), dtype=[("name", names.dtype), ("rows", "i8"), ("offset", "i8"),
+                                                  ("stamp", "i8", 3), ("checked", "?")])
+        table["name"] = names
+        table["rows"] = [sh.rows for sh in self.shards]
+        table["offset"] = [-1 if sh.offset is None else sh.offset for sh in self.shards]
+        table["stamp"] = np.asarray([sh.stamp for sh in self.shards], dtype=np.int64).reshape(-1, 3)
+        table["checked"] = [sh.checked == sh.stamp for sh in self.shards]
+        runs = {field: np.concatenate([getattr(run, field) for run in self.runs]) if self.runs else np.zeros(0)
+                for field in ("keys", "shard", "row")}
         tmp = path.with_name(f".tmp-index-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz")
         try:
             with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, shards=table, runs=np.asarray([len(run.keys) for run in self.runs], dtype=np.int64),
+                         keys=runs["keys"].view(KEY_DTYPE) if self.runs else np.zeros(0, KEY_DTYPE),
+                         shard=runs["shard"], row=runs["row"])
             os.replace(tmp, path)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):
+                tmp.unlink()
         self.unsaved = 0
 
     def save_if_due(self, path: Path) -> None:
@@ -330,16 +335,14 @@ class _Index:
         (anything else, or a damaged file, is left for ``Store.refresh`` to read from the shards)."""
         try:
             with np.load(path) as saved:
-                table = [saved[k] for k in ("names", "rows", "offsets", "stamps", "checked")]
-                runs = [_Run(saved[f"keys{i}"], _heads(saved[f"keys{i}"]), saved[f"shard{i}"], saved[f"row{i}"])
-                        for i in range(sum(k.startswith("keys") for k in saved.files))]
+                table, lengths, keys, shard, row = (saved[k] for k in ("shards", "runs", "keys", "shard", "row"))
+            bounds = np.cumsum(lengths)[:-1]
+            runs = [_Run(k, _heads(k), s, r) for k, s, r in zip(*(np.split(a, bounds) for a in (keys, shard, row)))]
         except Exception:  # missing, torn or foreign: the shards themselves are the truth
             return
-        shards = []
-        for name, rows, offset, stamp, checked in zip(*table):
-            stamp = tuple(int(v) for v in stamp)
-            shards.append(_Shard(name.decode(), int(rows), None if offset < 0 else int(offset), stamp,
-                                 stamp if checked else None))
+        shards = [_Shard(t["name"].decode(), int(t["rows"]), None if t["offset"] < 0 else int(t["offset"]),
+                         stamp, stamp if t["checked"] else None)
+                  for t in table for stamp in [tuple(int(v) for v in t["stamp"])]]
         kept = set()
         for shard in shards:
             try:
@@ -354,7 +357,12 @@ class _Index:
         """Merge all runs into one when that costs little next to looking up ``queries`` keys
         (reads come after writes: the runs a write built up are merged once, and every later
         look-up searches one run)."""
-        if len(self.runs) > 1 and sum(len(run.keys) for run in self.runs) <= 4 * queries:
+        if sum(len(run.keys) for run in self.runs) <= 4 * queries:
+            self.merge()
+
+    def merge(self) -> None:
+        """All runs into one (a stable sort of sorted runs merges them in linear time)."""
+        if len(self.runs) > 1:
             merged = self.runs[0]
             for run in self.runs[1:]:
                 merged = _Run.merge(merged, run)

@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -135,8 +137,13 @@ def _is_image_like(x: Any) -> bool:
     return isinstance(x, (Image.Image, np.ndarray, os.PathLike))
 
 
-def as_samples(X: Any, modality: str) -> Samples:
-    """Validate ``X`` for a backbone of ``modality`` and compute every sample's content key."""
+def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None) -> Samples:
+    """Validate ``X`` for a backbone of ``modality`` and compute every sample's content key.
+
+    The keys of a list of many short texts are remembered by a digest of the whole list, in the
+    process and, given ``keys_dir`` (``extract`` passes ``<cache_dir>/texts``), on disk for the
+    next process: such a list seen again costs one hash of its bytes instead of one per text.
+    """
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
         if modality != "image":
             raise BadInputError("got a numeric array but the backbone embeds text; pass a list of str")
@@ -150,23 +157,20 @@ def as_samples(X: Any, modality: str) -> Samples:
         )
     X = list(X)
     if modality == "text":
-        return _text_samples(X)
+        return _text_samples(X, keys_dir)
     if modality == "image":
         return _image_samples(X)
     raise BadInputError(f"unknown modality {modality!r}: a backbone's modality is 'image' or 'text'")
 
 
-def _text_samples(X: list) -> Samples:
+def _text_samples(X: list, keys_dir: str | os.PathLike | None) -> Samples:
     whole = _list_digest(X)
-    with _recent_lock:
-        keys = _recent.get(whole) if whole else None
-        if keys is not None:
-            _recent.move_to_end(whole)
+    keys = _recall(whole, len(X), keys_dir) if whole else None
     if keys is None:  # a list seen before was checked then
         _check_texts(X)
         keys = _text_keys(X)
         if whole:
-            _remember(whole, keys)
+            _remember(whole, keys, keys_dir)
     return Samples("text", X, keys, _Numbered("text", len(X)))
 
 
@@ -196,11 +200,12 @@ def _text_keys(X: list[str]) -> np.ndarray:
 
 
 # Keys of recent lists of many short texts, by a digest of the whole list: a list seen again (a
-# second fit, GridSearchCV's folds for each candidate, predict after fit) costs one hash of its
-# bytes instead of a hash call per text.  Holds keys only (32 bytes per text), never the texts.
+# second fit, GridSearchCV's folds for each candidate, predict after fit, the same script run
+# again) costs one hash of its bytes instead of a hash call per text.  Keys only (32 bytes per
+# text), never the texts; in memory, and in ``keys_dir`` as ``<digest>.npz`` (zip CRC-checked).
 REMEMBER_MIN_TEXTS = 256  # below this, hashing the texts one by one is as quick
 REMEMBER_MAX_CHARS = 256  # mean length above which one call per text costs little beside hashing the bytes
-REMEMBER_KEYS = 1 << 20  # keys kept in all (32 MB), the least recently used list dropped first
+REMEMBER_KEYS = 1 << 20  # keys kept in all, in memory and on disk (32 MB each), least recently used dropped first
 _recent: OrderedDict[bytes, np.ndarray] = OrderedDict()
 _recent_lock = threading.Lock()
 
@@ -223,7 +228,30 @@ def _list_digest(X: list) -> bytes | None:
     return h.digest()
 
 
-def _remember(whole: bytes, keys: np.ndarray) -> None:
+def _recall(whole: bytes, n: int, keys_dir: str | os.PathLike | None) -> np.ndarray | None:
+    """The keys remembered for the list of ``n`` texts with digest ``whole``, if any."""
+    with _recent_lock:
+        keys = _recent.get(whole)
+        if keys is not None:
+            _recent.move_to_end(whole)
+            return keys
+    if keys_dir is None:
+        return None
+    path = Path(keys_dir) / f"{whole.hex()}.npz"
+    try:
+        with np.load(path) as saved:
+            keys = saved["keys"]
+        os.utime(path)  # recently used: pruned last
+    except Exception:  # absent, torn or damaged: the texts are hashed again
+        return None
+    if keys.shape != (n,) or keys.dtype != np.dtype("S32"):
+        return None
+    keys.flags.writeable = False
+    _remember(whole, keys, None)
+    return keys
+
+
+def _remember(whole: bytes, keys: np.ndarray, keys_dir: str | os.PathLike | None) -> None:
     if len(keys) > REMEMBER_KEYS:
         return
     with _recent_lock:
@@ -231,6 +259,29 @@ def _remember(whole: bytes, keys: np.ndarray) -> None:
         total = sum(map(len, _recent.values()))
         while total > REMEMBER_KEYS:
             total -= len(_recent.popitem(last=False)[1])
+    if keys_dir is not None:
+        _save_keys(Path(keys_dir), whole, keys)
+
+
+def _save_keys(folder: Path, whole: bytes, keys: np.ndarray) -> None:
+    """Write ``<digest>.npz`` atomically, then drop the least recently used lists beyond
+    ``REMEMBER_KEYS`` keys (and temporaries left by killed writers); skipped where not writable."""
+    tmp = folder / f"{whole.hex()}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=keys)
+        os.replace(tmp, folder / f"{whole.hex()}.npz")
+        budget = 32 * REMEMBER_KEYS
+        for entry in sorted(os.scandir(folder), key=lambda e: e.stat().st_mtime_ns, reverse=True):
+            if entry.name.endswith(".npz"):
+                budget -= entry.stat().st_size
+            if (budget < 0 and entry.name.endswith(".npz")) or (
+                    entry.name.endswith(".tmp") and entry.stat().st_mtime < time.time() - 600):
+                os.unlink(entry.path)
+    except OSError:
+        with suppress(OSError):
+            tmp.unlink()
 
 
 def _image_samples(X: list) -> Samples:

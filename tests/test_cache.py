@@ -219,7 +219,10 @@ def test_read_fills_stored_rows_numbers_entries_and_leaves_the_rest(cache_dir):
         store.read(["c", "x", "a", "c", "b"], np.zeros((4, 2), np.float32))
 
 
-def test_runs_merged_by_a_read_keep_every_entry_and_the_oldest_one(cache_dir):
+def test_runs_merged_by_a_read_keep_every_entry_and_the_oldest_one(cache_dir, monkeypatch):
+    import featx.cache as cache_module
+
+    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self, path: None)  # saving merges the runs too
     store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
     for n in range(7):  # one refresh per shard: the index holds several runs
         store.put([f"k{n}", "dup"], np.array([[n], [100 + n]], np.float32))
@@ -431,3 +434,60 @@ def test_an_index_that_cannot_be_saved_costs_nothing_but_speed(cache_dir, monkey
     store, keys = _filled_store(cache_dir)
     np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
     assert not (store.path / "index.npz").exists() and not list(store.path.glob(".tmp-*"))
+
+
+def test_a_new_process_finds_the_keys_of_a_list_in_the_cache_folder(key_memo, counting, cache_dir):
+    datasets, passes = key_memo
+    first = extract(counting, texts(300), cache_dir=cache_dir)
+    datasets._recent.clear()  # as in a new process
+    again = extract(counting, texts(300), cache_dir=cache_dir)
+    assert passes == [300] and again.stats.hits == 300  # the second run hashed no text one by one
+    assert len(list((cache_dir / "texts").glob("*.npz"))) == 1
+    np.testing.assert_array_equal(first.vectors, again.vectors)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "flipped byte", "other length"])
+def test_a_damaged_keys_file_is_ignored(key_memo, tmp_path, damage):
+    datasets, passes = key_memo
+    as_samples(texts(300), "text", tmp_path)
+    (path,) = tmp_path.glob("*.npz")
+    data = bytearray(path.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+    elif damage == "other length":
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.zeros(299, "S32"))
+        data = buffer.getvalue()
+    path.write_bytes(b"not a zip" if damage == "garbage" else bytes(data))
+    datasets._recent.clear()
+    assert as_samples(texts(300), "text", tmp_path).keys.tolist() == _recipe(texts(300))
+    assert passes == [300, 300]
+
+
+def test_the_keys_folder_keeps_the_most_recently_used_lists_within_budget(key_memo, tmp_path, monkeypatch):
+    import os
+    import time
+
+    datasets, passes = key_memo
+    monkeypatch.setattr(datasets, "REMEMBER_KEYS", 700)
+    stale = tmp_path / "left-by-a-killed-writer.tmp"
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 3600,) * 2)
+    for start in (0, 1000, 2000):
+        as_samples(texts(300, start), "text", tmp_path)
+        time.sleep(0.01)  # distinct modification times
+    assert len(list(tmp_path.glob("*.npz"))) == 2 and not stale.exists()
+    datasets._recent.clear()
+    for start in (1000, 2000):
+        as_samples(texts(300, start), "text", tmp_path)
+    assert passes == [300, 300, 300]  # both still on disk, the oldest one dropped
+
+
+def test_keys_are_still_computed_where_the_keys_folder_cannot_be_written(key_memo, tmp_path):
+    datasets, passes = key_memo
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    assert as_samples(texts(300), "text", blocked / "texts").keys.tolist() == _recipe(texts(300))
+    assert blocked.read_text() == "not a folder" and not list(tmp_path.glob("*.tmp"))
