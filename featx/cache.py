@@ -45,6 +45,7 @@ STORED, MINE, WAITING, FREE = 0, 1, 2, 3  # a key's status in Store.claim_status
 CLAIM_TIMEOUT = float(os.environ.get("FEATX_CLAIM_TIMEOUT", 600))  # seconds before another host's claim is stale
 TMP_TIMEOUT = 600.0  # seconds before an orphaned temporary shard is garbage
 OPEN_SHARDS = 16  # read handles kept open per store
+LOCATE_BLOCK = 1 << 16  # keys looked up at a time
 SNAPSHOT = "index.npz"  # the index as last saved: see _Index.save_if_due
 
 
@@ -204,9 +205,25 @@ class _Run:
 
     @staticmethod
     def merge(older: "_Run", newer: "_Run") -> "_Run":
-        """One run holding both; where a key is in both, the older entry wins."""
-        return _Run.build(*(np.concatenate([a, b]) for a, b in
-                            [(older.keys, newer.keys), (older.shard, newer.shard), (older.row, newer.row)]))
+        """One run holding both; where a key is in both, the older entry wins.  Each of ``newer``'s
+        keys goes where a binary search puts it: no sort, and no copy beyond the merged run."""
+        pos, known = older.find(newer.keys, newer.heads)
+        keep = np.flatnonzero(~known)
+        heads = newer.heads[keep]
+        at = np.searchsorted(older.heads, heads)
+        tied = np.flatnonzero(older.heads[np.minimum(at, len(older.heads) - 1)] == heads) if len(older.keys) else []
+        at[tied] = np.searchsorted(older.keys, newer.keys[keep[tied]])  # among equal heads, by the whole key
+        at += np.arange(len(keep))  # places in the merged run
+        new = np.zeros(len(older.keys) + len(keep), bool)
+        new[at] = True
+        kept = np.flatnonzero(~new)  # places of older's entries
+        fields = []
+        for a, b in [(older.keys, newer.keys), (older.heads, newer.heads), (older.shard, newer.shard),
+                     (older.row, newer.row)]:
+            merged = np.empty(len(new), a.dtype)
+            merged[at], merged[kept] = b[keep], a
+            fields.append(merged)
+        return _Run(*fields)
 
 
 @dataclass
@@ -310,14 +327,11 @@ class _Index:
         table["offset"] = [-1 if sh.offset is None else sh.offset for sh in self.shards]
         table["stamp"] = np.asarray([sh.stamp for sh in self.shards], dtype=np.int64).reshape(-1, 3)
         table["checked"] = [sh.checked == sh.stamp for sh in self.shards]
-        runs = {field: np.concatenate([getattr(run, field) for run in self.runs]) if self.runs else np.zeros(0)
-                for field in ("keys", "shard", "row")}
+        run = self.runs[0] if self.runs else _Run(*(np.zeros(0, t) for t in (KEY_DTYPE, np.uint64, np.int32, np.int32)))
         tmp = path.with_name(f".tmp-index-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz")
         try:
             with open(tmp, "wb") as f:
-                np.savez(f, shards=table, runs=np.asarray([len(run.keys) for run in self.runs], dtype=np.int64),
-                         keys=runs["keys"].view(KEY_DTYPE) if self.runs else np.zeros(0, KEY_DTYPE),
-                         shard=runs["shard"], row=runs["row"])
+                np.savez(f, shards=table, keys=run.keys.view(KEY_DTYPE), shard=run.shard, row=run.row)
             os.replace(tmp, path)
         except OSError:
             with suppress(OSError):
@@ -335,9 +349,8 @@ class _Index:
         (anything else, or a damaged file, is left for ``Store.refresh`` to read from the shards)."""
         try:
             with np.load(path) as saved:
-                table, lengths, keys, shard, row = (saved[k] for k in ("shards", "runs", "keys", "shard", "row"))
-            bounds = np.cumsum(lengths)[:-1]
-            runs = [_Run(k, _heads(k), s, r) for k, s, r in zip(*(np.split(a, bounds) for a in (keys, shard, row)))]
+                table, keys, shard, row = (saved[k] for k in ("shards", "keys", "shard", "row"))
+            runs = [_Run(keys, _heads(keys), shard, row)] if len(keys) else []
         except Exception:  # missing, torn or foreign: the shards themselves are the truth
             return
         shards = [_Shard(t["name"].decode(), int(t["rows"]), None if t["offset"] < 0 else int(t["offset"]),
@@ -378,7 +391,17 @@ class _Index:
         self.seen -= names
 
     def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Shard number and row of each key, and which keys are stored."""
+        """Shard number and row of each key, and which keys are stored (in blocks: the working
+        arrays stay small however many keys are asked for)."""
+        if len(keys) <= LOCATE_BLOCK:
+            return self._locate_block(keys)
+        shard, row, found = (np.empty(len(keys), dtype) for dtype in (np.int32, np.int32, bool))
+        for lo in range(0, len(keys), LOCATE_BLOCK):
+            hi = lo + LOCATE_BLOCK
+            shard[lo:hi], row[lo:hi], found[lo:hi] = self._locate_block(keys[lo:hi])
+        return shard, row, found
+
+    def _locate_block(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         heads = _heads(keys)
         order = np.argsort(heads)  # searched in order: each run is walked front to back once
         keys, heads = keys[order], heads[order]

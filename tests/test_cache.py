@@ -207,6 +207,23 @@ def test_keys_sharing_their_first_eight_bytes_are_told_apart(cache_dir):
                                   [2, 0, 3, 1, 4])
 
 
+def test_merging_index_runs_equals_sorting_all_their_entries_oldest_first():
+    from featx.cache import _Run
+
+    rng = np.random.default_rng(0)
+    pool = np.asarray([f"{p}{s}" for p in ("prefix00", "prefix01", "zz") for s in ("", "a", "b", "c", "zz", "0")],
+                      dtype="S32")  # many keys share their first 8 bytes
+    for _ in range(50):
+        older, newer = (rng.choice(pool, rng.integers(0, 12)) for _ in range(2))
+        runs = [_Run.build(k, np.full(len(k), i, np.int32), np.arange(len(k), dtype=np.int32))
+                for i, k in enumerate([older, newer])]
+        merged = _Run.merge(*runs)
+        expected = _Run.build(np.concatenate([older, newer]), np.repeat([0, 1], [len(older), len(newer)]).astype(np.int32),
+                              np.concatenate([np.arange(len(older)), np.arange(len(newer))]).astype(np.int32))
+        for field in ("keys", "heads", "shard", "row"):
+            np.testing.assert_array_equal(getattr(merged, field), getattr(expected, field))
+
+
 def test_read_fills_stored_rows_numbers_entries_and_leaves_the_rest(cache_dir):
     store = EmbeddingCache(cache_dir).store("fp", name="t", dim=2)
     store.put(["a", "b"], np.array([[1, 1], [2, 2]], np.float32))
