@@ -33,6 +33,8 @@ def main() -> None:
         ("images: embetter min cosine to featx (train-mode bug)", images["embetter"]["min_cosine"], "(wrong vectors)"),
         ("cache: read 100k x 768 float32, GB/s (index warm)", cache["read"]["gb_per_s_index_warm"], ">= 1.0"),
         ("cache: warm fit on 10k, share outside the head", cache["fit"]["outside_head"], "< 0.05"),
+        ("cache: ... the first such fit of a process", cache["fit"]["outside_head_first_fit"], "< 0.05"),
+        ("memory: extra MB beyond output, 50k texts", cache["memory"]["50000"]["beyond_output_mb"], "flat"),
         ("memory: extra MB beyond output, 200k texts", cache["memory"]["200000"]["beyond_output_mb"], "flat"),
     ]
     print(f"\nmachine: {machine()}")
