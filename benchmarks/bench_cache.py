@@ -7,7 +7,8 @@
   the fit with a do-nothing head (label checks, hashing, look-up, read) / (that + the logistic
   regression's own fit), each the best of 9 interleaved rounds; also the first such fit of a
   process (no remembered keys, store index built from the shard files)
-- peak RSS while extracting 50k vs 200k texts, minus the output matrix (flat = no growth with n)
+- peak RSS while extracting 50k vs 200k texts, and 12.5k vs 50k images, minus the output matrix
+  (flat = no growth with n)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import featx
 from common import save, timed
 
 MEMORY_CHILD = r"""
-import hashlib, json, sys, tempfile
+import hashlib, json, os, sys, tempfile
 import numpy as np
 import featx
 
@@ -36,17 +37,26 @@ class Hash(featx.Backbone):
         seeds = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "little") for t in items]
         return np.stack([np.random.default_rng(s).random(384, dtype=np.float32) for s in seeds])
 
+class MeanColour(featx.Backbone):
+    modality, name, dim = "image", "bench/mean-colour", 384
+    def fingerprint(self): return featx.digest("bench/mean-colour")
+    def embed_batch(self, items):
+        return np.stack([np.resize(np.asarray(im, np.float32).mean(axis=(0, 1)), 384) for im in items])
+
 def kb(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1])
 
-n = int(sys.argv[1])
-texts = [f"a short text number {i} for the memory benchmark" for i in range(n)]
+kind, n = sys.argv[1], int(sys.argv[2])
+if kind == "texts":
+    backbone, X = Hash(), [f"a short text number {i} for the memory benchmark" for i in range(n)]
+else:
+    backbone, X = MeanColour(), sorted(os.path.join(sys.argv[3], f) for f in os.listdir(sys.argv[3]))[:n]
 before = kb("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
 with tempfile.TemporaryDirectory() as cache:
-    Z = featx.extract(Hash(), texts, cache_dir=cache).vectors
+    Z = featx.extract(backbone, X, cache_dir=cache).vectors
 print(json.dumps({"n": n, "growth_mb": (kb("VmHWM:") - before) / 1024, "output_mb": Z.nbytes / 2**20}))
 """
 
@@ -123,11 +133,23 @@ def fit_overhead(n: int = 10_000, dim: int = 384) -> dict:
             "outside_head_each_round": [f / (f + h) for f, h in zip(times["featx"], times["head"])]}
 
 
+def _peak(kind: str, n: int, *args: str) -> dict:
+    r = json.loads(subprocess.run([sys.executable, "-c", MEMORY_CHILD, kind, str(n), *args], capture_output=True,
+                                  text=True, check=True).stdout)
+    return {"peak_growth_mb": r["growth_mb"], "output_mb": r["output_mb"],
+            "beyond_output_mb": r["growth_mb"] - r["output_mb"]}
+
+
 def memory() -> dict:
-    runs = [json.loads(subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n)], capture_output=True, text=True,
-                                      check=True).stdout) for n in (50_000, 200_000)]
-    return {f"{r['n']}": {"peak_growth_mb": r["growth_mb"], "output_mb": r["output_mb"],
-                          "beyond_output_mb": r["growth_mb"] - r["output_mb"]} for r in runs}
+    from PIL import Image
+
+    result = {f"{n}": _peak("texts", n) for n in (50_000, 200_000)}
+    with tempfile.TemporaryDirectory() as folder:
+        pixels = np.random.default_rng(0).integers(0, 256, (50_000, 3), dtype=np.uint8)
+        for i, rgb in enumerate(pixels):  # small distinct images: decoding and hashing stay cheap
+            Image.new("RGB", (16, 16), tuple(int(v) for v in rgb)).save(f"{folder}/{i:05d}.png")
+        result["images"] = {f"{n}": _peak("images", n, folder) for n in (12_500, 50_000)}
+    return result
 
 
 def main() -> dict:
@@ -140,9 +162,10 @@ def main() -> dict:
           f"logistic regression {1000 * f['head_fit_s']:.0f} ms -> {100 * f['outside_head']:.1f}% outside the head "
           f"(single rounds {100 * rounds[0]:.1f}-{100 * rounds[-1]:.1f}%); first fit of a process "
           f"{1000 * f['first_fit_featx_s']:.1f} ms -> {100 * f['outside_head_first_fit']:.1f}%")
-    for n, v in m.items():
-        print(f"memory  extract {int(n):>7d} texts: peak +{v['peak_growth_mb']:.0f} MB, output {v['output_mb']:.0f} MB, "
-              f"beyond output {v['beyond_output_mb']:.0f} MB")
+    for kind, runs in [("texts", {n: v for n, v in m.items() if n != "images"}), ("images", m["images"])]:
+        for n, v in runs.items():
+            print(f"memory  extract {int(n):>7d} {kind}: peak +{v['peak_growth_mb']:.0f} MB, output "
+                  f"{v['output_mb']:.0f} MB, beyond output {v['beyond_output_mb']:.0f} MB")
     save("cache", result)
     return result
 

@@ -36,6 +36,8 @@ def main() -> None:
         ("cache: ... the first such fit of a process", cache["fit"]["outside_head_first_fit"], "< 0.05"),
         ("memory: extra MB beyond output, 50k texts", cache["memory"]["50000"]["beyond_output_mb"], "flat"),
         ("memory: extra MB beyond output, 200k texts", cache["memory"]["200000"]["beyond_output_mb"], "flat"),
+        ("memory: extra MB beyond output, 12.5k images", cache["memory"]["images"]["12500"]["beyond_output_mb"], "flat"),
+        ("memory: extra MB beyond output, 50k images", cache["memory"]["images"]["50000"]["beyond_output_mb"], "flat"),
     ]
     print(f"\nmachine: {machine()}")
     print(f"{'measure':58s} {'value':>8s}  target")
