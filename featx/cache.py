@@ -7,6 +7,7 @@
         index.npz             the shards' keys as last indexed: a new process reads this one file
                               instead of opening every shard (any shard it does not describe as it
                               is now is read from the shard itself; a damaged index.npz is ignored)
+      texts/<digest>.npz      keys of recently seen lists of short texts (see datasets.as_samples)
 
 A shard is written to a temporary name, flushed to disk, then renamed: readers see whole shards or
 none, and writers in several processes (or machines on a shared filesystem) never touch each
@@ -207,7 +208,7 @@ class _Run:
     def merge(older: "_Run", newer: "_Run") -> "_Run":
         """One run holding both; where a key is in both, the older entry wins.  Each of ``newer``'s
         keys goes where a binary search puts it: no sort, and no copy beyond the merged run."""
-        pos, known = older.find(newer.keys, newer.heads)
+        _, known = older.find(newer.keys, newer.heads)
         keep = np.flatnonzero(~known)
         heads = newer.heads[keep]
         at = np.searchsorted(older.heads, heads)
@@ -374,7 +375,7 @@ class _Index:
             self.merge()
 
     def merge(self) -> None:
-        """All runs into one (a stable sort of sorted runs merges them in linear time)."""
+        """All runs into one."""
         if len(self.runs) > 1:
             merged = self.runs[0]
             for run in self.runs[1:]:

@@ -241,9 +241,10 @@ def _recall(whole: bytes, n: int, keys_dir: str | os.PathLike | None) -> np.ndar
     try:
         with np.load(path) as saved:
             keys = saved["keys"]
-        os.utime(path)  # recently used: pruned last
     except Exception:  # absent, torn or damaged: the texts are hashed again
         return None
+    with suppress(OSError):  # a read-only cache still serves its lists
+        os.utime(path)  # recently used: pruned last
     if keys.shape != (n,) or keys.dtype != np.dtype("S32"):
         return None
     keys.flags.writeable = False

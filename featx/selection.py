@@ -208,8 +208,9 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         backbone = resolve_backbone(spec, options)
         say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else ""))
         if backbone.modality not in hashed:
-            hashed[backbone.modality] = (as_samples(X, backbone.modality),
-                                         as_samples(X_test, backbone.modality) if X_test is not None else None)
+            keys_dir = EmbeddingCache(cache_dir).root / "texts"
+            hashed[backbone.modality] = (as_samples(X, backbone.modality, keys_dir),
+                                         as_samples(X_test, backbone.modality, keys_dir) if X_test is not None else None)
         train_samples, test_samples = hashed[backbone.modality]
         train = extract(backbone, train_samples, cache_dir=cache_dir, progress=progress, engine=engine)
         test = extract(backbone, test_samples, cache_dir=cache_dir, progress=progress, engine=engine) if test_samples is not None else None

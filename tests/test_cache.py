@@ -508,3 +508,18 @@ def test_keys_are_still_computed_where_the_keys_folder_cannot_be_written(key_mem
     blocked.write_text("not a folder")
     assert as_samples(texts(300), "text", blocked / "texts").keys.tolist() == _recipe(texts(300))
     assert blocked.read_text() == "not a folder" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_read_only_keys_folder_still_serves_its_lists(key_memo, tmp_path, monkeypatch):
+    import os
+
+    datasets, passes = key_memo
+    as_samples(texts(300), "text", tmp_path)
+    datasets._recent.clear()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(os, "utime", read_only)
+    assert as_samples(texts(300), "text", tmp_path).keys.tolist() == _recipe(texts(300))
+    assert passes == [300]
