@@ -240,8 +240,8 @@ class _Shard:
     checked: tuple | None = None  # the same when its vectors were last found finite
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """A file's version: (inode, size, mtime), which change if it is ever rewritten."""
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
@@ -254,11 +254,11 @@ def _layout(vectors) -> int | None:
 
 def _pread(path: Path, offset: int, out: np.ndarray) -> tuple[int, int, int]:
     """Fill the C-contiguous ``out`` with the bytes at ``offset`` of ``path``; returns the file's
-    (inode, size, mtime), which change if it is ever rewritten."""
+    ``_stamp`` as read."""
     view, done = memoryview(out).cast("B"), 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        st = os.fstat(fd)
+        stamp = _stamp(os.fstat(fd))
         while done < len(view):
             n = os.preadv(fd, [view[done:]], offset + done)
             if n == 0:
@@ -266,7 +266,7 @@ def _pread(path: Path, offset: int, out: np.ndarray) -> tuple[int, int, int]:
             done += n
     finally:
         os.close(fd)
-    return st.st_ino, st.st_size, st.st_mtime_ns
+    return stamp
 
 
 class _Index:
@@ -317,8 +317,8 @@ class _Index:
             newer = self.runs.pop()
             self.runs[-1] = _Run.merge(self.runs[-1], newer)
 
-    def save(self, path: Path) -> None:
-        """Write the index to ``path`` as one run (atomically; skipped where the folder is read-only)."""
+    def save(self) -> None:
+        """Write the index to ``SNAPSHOT`` as one run (atomically; skipped where the folder is read-only)."""
         self.merge()
         names = np.asarray([sh.name for sh in self.shards], dtype="S")
         table = np.zeros(len(self.shards), dtype=[("name", names.dtype), ("rows", "i8"), ("offset", "i8"),
@@ -329,6 +329,7 @@ class _Index:
         table["stamp"] = np.asarray([sh.stamp for sh in self.shards], dtype=np.int64).reshape(-1, 3)
         table["checked"] = [sh.checked == sh.stamp for sh in self.shards]
         run = self.runs[0] if self.runs else _Run(*(np.zeros(0, t) for t in (KEY_DTYPE, np.uint64, np.int32, np.int32)))
+        path = self.folder / SNAPSHOT
         tmp = path.with_name(f".tmp-index-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz")
         try:
             with open(tmp, "wb") as f:
@@ -339,17 +340,17 @@ class _Index:
                 tmp.unlink()
         self.unsaved = 0
 
-    def save_if_due(self, path: Path) -> None:
+    def save_if_due(self) -> None:
         """``save`` once an eighth of the shards were indexed or checked since the last save (so
         all rewrites together cost a few times the final size of the index)."""
         if self.unsaved and 8 * self.unsaved >= len(self.shards):
-            self.save(path)
+            self.save()
 
-    def restore(self, path: Path, names: set[str]) -> None:
-        """Take the index saved at ``path``, keeping only shards still there as they were then
+    def restore(self, names: set[str]) -> None:
+        """Take the index saved in ``SNAPSHOT``, keeping only shards still there as they were then
         (anything else, or a damaged file, is left for ``Store.refresh`` to read from the shards)."""
         try:
-            with np.load(path) as saved:
+            with np.load(self.folder / SNAPSHOT) as saved:
                 table, keys, shard, row = (saved[k] for k in ("shards", "keys", "shard", "row"))
             runs = [_Run(keys, _heads(keys), shard, row)] if len(keys) else []
         except Exception:  # missing, torn or foreign: the shards themselves are the truth
@@ -360,7 +361,7 @@ class _Index:
         kept = set()
         for shard in shards:
             try:
-                if shard.name in names and _stamp(self.folder / shard.name) == shard.stamp:
+                if shard.name in names and _stamp(os.stat(self.folder / shard.name)) == shard.stamp:
                     kept.add(shard.name)
             except OSError:
                 pass
@@ -450,7 +451,7 @@ class Store:
             names = set()
         with self._index.lock:
             if not self._index.shards and names:
-                self._index.restore(self.path / SNAPSHOT, names)
+                self._index.restore(names)
             self._index.forget(self._index.seen - names)
             read = []
             for name in sorted(names - self._index.seen):
@@ -460,14 +461,14 @@ class Store:
                     if vectors.shape != (len(keys), self.dim) or keys.dtype != np.dtype(KEY_DTYPE):
                         raise ValueError(f"vectors shape {vectors.shape} for {len(keys)} {keys.dtype} keys")
                     offset = _layout(vectors)
-                    stamp = _stamp(self.path / name)
+                    stamp = _stamp(os.stat(self.path / name))
                 except Exception as exc:
                     self._quarantine(name, f"unreadable ({type(exc).__name__}: {exc})")
                     continue
                 read.append((_Shard(name, len(keys), offset, stamp), keys))
             self._index.add(read)
             self._index.unsaved += len(read)
-            self._index.save_if_due(self.path / SNAPSHOT)
+            self._index.save_if_due()
 
     def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with self._index.lock:
@@ -539,7 +540,7 @@ class Store:
         for dest in np.split(order, bounds) if len(order) else []:
             self._read(self._index.shards[shard[dest[0]]], row[dest], out, dest)
         with self._index.lock:
-            self._index.save_if_due(self.path / SNAPSHOT)
+            self._index.save_if_due()
         return np.where(found, shard.astype(np.int64) << 32 | row, -1)
 
     def _read(self, shard: _Shard, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> None:
@@ -716,6 +717,11 @@ class EmbeddingCache:
 
     def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
         self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where the keys of recently seen lists of short texts are kept (``datasets.as_samples``)."""
+        return self.root / "texts"
 
     @staticmethod
     def store_key(fingerprint: str, dtype: str = "float32") -> str:

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cache import TMP_TIMEOUT
 from .errors import BadInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -278,7 +279,7 @@ def _save_keys(folder: Path, whole: bytes, keys: np.ndarray) -> None:
             if entry.name.endswith(".npz"):
                 budget -= entry.stat().st_size
             if (budget < 0 and entry.name.endswith(".npz")) or (
-                    entry.name.endswith(".tmp") and entry.stat().st_mtime < time.time() - 600):
+                    entry.name.endswith(".tmp") and entry.stat().st_mtime < time.time() - TMP_TIMEOUT):
                 os.unlink(entry.path)
     except OSError:
         with suppress(OSError):

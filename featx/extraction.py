@@ -264,7 +264,7 @@ def extract(
     if engine not in ("local", "ray"):
         raise ValueError(f"engine={engine!r}: use 'local' or 'ray'")
     start = time.perf_counter()
-    samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality, EmbeddingCache(cache_dir).root / "texts")
+    samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality, EmbeddingCache(cache_dir).keys_dir)
     store = open_store(backbone, cache_dir, dtype)
     vectors = np.empty((len(samples), backbone.dim), dtype=np.float32)  # every row is written below
     entries = _read_stored(store, samples.keys, vectors)

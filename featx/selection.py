@@ -208,7 +208,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         backbone = resolve_backbone(spec, options)
         say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else ""))
         if backbone.modality not in hashed:
-            keys_dir = EmbeddingCache(cache_dir).root / "texts"
+            keys_dir = EmbeddingCache(cache_dir).keys_dir
             hashed[backbone.modality] = (as_samples(X, backbone.modality, keys_dir),
                                          as_samples(X_test, backbone.modality, keys_dir) if X_test is not None else None)
         train_samples, test_samples = hashed[backbone.modality]

@@ -239,7 +239,7 @@ def test_read_fills_stored_rows_numbers_entries_and_leaves_the_rest(cache_dir):
 def test_runs_merged_by_a_read_keep_every_entry_and_the_oldest_one(cache_dir, monkeypatch):
     import featx.cache as cache_module
 
-    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self, path: None)  # saving merges the runs too
+    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self: None)  # saving merges the runs too
     store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
     for n in range(7):  # one refresh per shard: the index holds several runs
         store.put([f"k{n}", "dup"], np.array([[n], [100 + n]], np.float32))
