@@ -18,7 +18,7 @@ import numpy as np
 from .backbones.base import Backbone, TorchBackbone, check_output, digest, user_cache_dir, write_json_atomic
 from .cache import FREE, MINE, WAITING, DamagedShardError, EmbeddingCache, Store
 from .datasets import Samples, as_samples
-from .errors import BadInputError
+from .errors import BadInputError, CacheError
 
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
@@ -172,10 +172,10 @@ def autotune(backbone: Backbone, items: list, candidates: tuple[int, ...] | None
 
 
 def _fill(store: Store, samples: Samples, todo: np.ndarray, backbone: Backbone, batch_size: int | None,
-          chunk_size: int, num_workers: int, failed: dict[bytes, str], meter: Progress) -> int:
+          chunk_size: int, num_workers: int, failed: dict[bytes, str], meter: Progress) -> tuple[int, int | None]:
     """Embed and commit every sample at the indices ``todo`` whose key no writer has stored,
     sharing the work with other writers through the store's claims; returns how many samples this
-    process embedded.  ``batch_size=None`` autotunes it on the first chunk.
+    process embedded, and the batch size (``batch_size=None`` autotunes it on the first chunk).
 
     Each round looks at a window of the remaining samples only (cost per round independent of the
     dataset size); keys another writer holds go to the back and are looked at again later.
@@ -202,7 +202,7 @@ def _fill(store: Store, samples: Samples, todo: np.ndarray, backbone: Backbone, 
             time.sleep(POLL_SECONDS)  # other writers are embedding all of these: give them time to commit
         remaining = np.concatenate([window[status == FREE], rest, window[status == WAITING]])
         meter.update(len(mine))
-    return embedded
+    return embedded, batch_size
 
 
 def _read_stored(store: Store, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -215,21 +215,42 @@ def _read_stored(store: Store, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
             continue
 
 
-def _distinct(entries: np.ndarray) -> int:
-    """How many different store entries (hence keys) there are in ``entries``."""
-    ordered = np.sort(entries)
-    return int(len(ordered) > 0) + int(np.count_nonzero(ordered[1:] != ordered[:-1]))
+class _Distinct:
+    """Counts the distinct store entries met, block after block: one flag per row of each shard
+    met, so the count costs memory in proportion to the store, not to the input."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, np.ndarray] = {}
+
+    def add(self, entries: np.ndarray) -> None:
+        entries = np.sort(entries)
+        shards = entries >> 32
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]]) if len(entries) else []
+        for lo, hi in zip(starts, [*starts[1:], len(entries)]):
+            rows = entries[lo:hi] & 0xFFFFFFFF  # ascending
+            seen = self.rows.get(int(shards[lo]), np.zeros(0, bool))
+            if len(seen) <= rows[-1]:
+                seen = np.concatenate([seen, np.zeros(int(rows[-1]) + 1 - len(seen), bool)])
+            seen[rows] = True
+            self.rows[int(shards[lo])] = seen
+
+    def __len__(self) -> int:
+        return sum(int(np.count_nonzero(seen)) for seen in self.rows.values())
 
 
-def _to_embed(samples: Samples, present: np.ndarray) -> np.ndarray:
-    """Indices of the first sample of each missing key, in input order — texts longest first, so
-    similar lengths share a chunk and each batch pads little."""
-    misses = np.flatnonzero(~present)
+def _to_embed(samples: Samples, start: int, present: np.ndarray) -> np.ndarray:
+    """Indices of the first sample of each missing key among ``samples[start:start + len(present)]``,
+    in input order — texts longest first, so similar lengths share a chunk and each batch pads little."""
+    misses = start + np.flatnonzero(~present)
     todo = misses[np.sort(np.unique(samples.keys[misses], return_index=True)[1])]
     if samples.modality == "text":
         lengths = np.fromiter((len(samples.items[i]) for i in todo), dtype=np.int64, count=len(todo))
         todo = todo[np.argsort(-lengths, kind="stable")]
     return todo
+
+
+BLOCK = 1 << 16  # samples looked up, embedded and read back at a time: working memory is bounded by
+# the block, not by the input (a key seen in an earlier block is found stored by then)
 
 
 def extract(
@@ -258,6 +279,9 @@ def extract(
     ``num_workers > 0`` decodes (and, for backbones with a ``preprocess``
     method, preprocesses) images in that many DataLoader worker processes — worth it beside a GPU,
     slower on a 2-core CPU.
+
+    The input is handled ``BLOCK`` samples at a time (look up, embed the misses, read them back):
+    beyond the returned matrix, memory does not grow with ``len(X)``.
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
@@ -266,52 +290,69 @@ def extract(
     start = time.perf_counter()
     samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality, EmbeddingCache(cache_dir).keys_dir)
     store = open_store(backbone, cache_dir, dtype)
-    vectors = np.empty((len(samples), backbone.dim), dtype=np.float32)  # every row is written below
-    entries = _read_stored(store, samples.keys, vectors)
-    present = entries >= 0
-    todo = _to_embed(samples, present)
-    if len(todo):
-        backbone.to(device)
     if batch_size is None and isinstance(backbone, TorchBackbone) and samples.modality == "image":
         batch_size = remembered_batch_size(backbone)  # None: autotune on the first chunk
     else:
         batch_size = batch_size or backbone.default_batch_size
     chunk_size = chunk_size or (TEXT_CHUNK if samples.modality == "text" else max((batch_size or 32) * 8, 256))
-    failed: dict[bytes, str] = {}
-    if engine == "ray":
-        from .distributed import embed_with_ray
+    block = BLOCK if engine == "local" else max(len(samples), 1)  # Ray streams its own batches to one actor pool
 
-        embedded = embed_with_ray(backbone, samples, todo, store, batch_size=batch_size or backbone.default_batch_size,
+    meter = Progress(len(samples), f"{backbone.name}: samples cached or embedded", progress and engine == "local")
+
+    def embed(todo: np.ndarray) -> int:
+        nonlocal batch_size
+        backbone.to(device)
+        if engine == "ray":
+            from .distributed import embed_with_ray
+
+            return embed_with_ray(backbone, samples, todo, store, batch_size=batch_size or backbone.default_batch_size,
                                   chunk_size=chunk_size, device=device, address=address, num_actors=num_actors,
                                   num_gpus=num_gpus, failed=failed)
-    else:
-        meter = Progress(len(todo), f"embedding with {backbone.name}", progress)
-        embedded = _fill(store, samples, todo, backbone, batch_size, chunk_size, num_workers, failed, meter)
-        meter.finish()
+        done, batch_size = _fill(store, samples, todo, backbone, batch_size, chunk_size, num_workers, failed, meter)
+        return done
 
-    ok = ~np.isin(samples.keys, np.asarray(list(failed), dtype=samples.keys.dtype)) if failed else np.ones(len(samples), bool)
-    vectors[~ok] = np.nan
-    new = np.flatnonzero(ok & ~present)  # embedded just now, by this process or another writer
-    for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
-        try:
-            for lo in range(0, len(new), chunk_size):  # a shard's worth at a time: no second matrix of the new rows
-                vectors[new[lo:lo + chunk_size]] = store.get(samples.keys[new[lo:lo + chunk_size]])
-            break
-        except DamagedShardError:
-            if attempt == 2:
-                raise
-            lost = new[~store.contains(samples.keys[new])]
-            backbone.to(device)
-            embedded += _fill(store, samples, lost, backbone, batch_size, chunk_size, num_workers, failed,
-                              Progress(len(lost), "re-embedding quarantined samples", progress))
+    vectors = np.empty((len(samples), backbone.dim), dtype=np.float32)  # every row is written below
+    ok = np.ones(len(samples), bool)
+    failed: dict[bytes, str] = {}
+    distinct, hits, embedded = _Distinct(), 0, 0
+    for lo in range(0, len(samples), block):
+        keys, out = samples.keys[lo:lo + block], vectors[lo:lo + block]
+        entries = _read_stored(store, keys, out)
+        present = entries >= 0
+        distinct.add(entries[present])
+        hits += int(present.sum())
+        todo = _to_embed(samples, lo, present)
+        meter.update(len(keys) - len(todo))  # hits, and repeats of a missing key
+        if len(todo):
+            embedded += embed(todo)
+        good = ~np.isin(keys, np.asarray(list(failed), dtype=keys.dtype)) if failed else np.ones(len(keys), bool)
+        new = np.flatnonzero(good & ~present)  # embedded just now, by this process or another writer
+        for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
+            try:
+                for at in range(0, len(new), chunk_size):  # a shard's worth at a time: no second matrix of the new rows
+                    rows = new[at:at + chunk_size]
+                    fresh = np.empty((len(rows), backbone.dim), np.float32)
+                    found = store.read(keys[rows], fresh)
+                    if (found < 0).any():
+                        raise CacheError(f"sample key {keys[rows][np.argmin(found)].decode()} vanished from the cache "
+                                         f"store {str(store.path)!r} while being extracted; run the extraction again")
+                    out[rows] = fresh
+                    distinct.add(found)
+                break
+            except DamagedShardError:
+                if attempt == 2:
+                    raise
+                embedded += embed(lo + new[~store.contains(keys[new])])
+        out[~good] = np.nan
+        ok[lo:lo + block] = good
+    meter.finish()
     bad = [
         msg if samples.names[i] in msg else f"{samples.names[i]}: same content as an unreadable sample ({msg})"
         for i in np.flatnonzero(~ok) for msg in [failed[samples.keys[i]]]
     ]
     stats = ExtractStats(
-        backbone=backbone.name, store_key=store.path.name, samples=len(samples),
-        unique=_distinct(entries[present]) + len(todo), hits=int(present.sum()), embedded=embedded,
-        seconds=time.perf_counter() - start, failed=bad,
+        backbone=backbone.name, store_key=store.path.name, samples=len(samples), unique=len(distinct) + len(failed),
+        hits=hits, embedded=embedded, seconds=time.perf_counter() - start, failed=bad,
     )
     if bad and errors == "raise":
         listing = "\n  ".join(bad)

@@ -242,6 +242,20 @@ def test_skip_policy_reports_every_skipped_file(tmp_path):
     assert clf.last_extraction_.failed and "bad.jpg" in clf.last_extraction_.failed[0]
 
 
+def test_an_unreadable_sample_repeated_in_later_blocks_is_reported_for_each(tmp_path, monkeypatch):
+    import featx.extraction as extraction
+
+    monkeypatch.setattr(extraction, "BLOCK", 2)
+    bad, copy = write(tmp_path / "bad.jpg", b"not a jpeg"), write(tmp_path / "copy.jpg", b"not a jpeg")
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "dark.png")
+    paths = [good_png(tmp_path / "ok.png"), bad, str(tmp_path / "dark.png"), copy]
+    result = featx.extract(colorhist(), paths, cache_dir=tmp_path / "c", errors="skip")
+    assert result.ok.tolist() == [True, False, True, False]
+    assert np.isnan(result.vectors[[1, 3]]).all() and np.isfinite(result.vectors[[0, 2]]).all()
+    assert len(result.stats.failed) == 2 and "bad.jpg" in result.stats.failed[0] and "copy.jpg" in result.stats.failed[1]
+    assert (result.stats.unique, result.stats.embedded) == (3, 2)
+
+
 def test_raise_policy_commits_the_healthy_samples_first(tmp_path):
     paths = [good_png(tmp_path / "ok.png"), write(tmp_path / "bad.jpg", b"")]
     with pytest.raises(BadInputError, match="1 of 2 samples"):

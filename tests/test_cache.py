@@ -296,6 +296,17 @@ def test_unique_counts_distinct_samples_among_hits_and_misses(counting, cache_di
     assert (stats.samples, stats.unique, stats.hits, stats.embedded) == (6, 4, 3, 2)
 
 
+def test_an_input_longer_than_a_block_is_extracted_block_by_block(counting, cache_dir, tmp_path, monkeypatch):
+    import featx.extraction as extraction
+
+    whole = extract(CountingTextBackbone(), texts(11) + texts(3), cache_dir=tmp_path / "one-block").vectors
+    monkeypatch.setattr(extraction, "BLOCK", 4)
+    result = extract(counting, texts(11) + texts(3), cache_dir=cache_dir)  # repeats fall in later blocks
+    assert sorted(counting.embedded) == sorted(texts(11))  # each text once: later blocks find it stored
+    assert (result.stats.samples, result.stats.unique, result.stats.hits, result.stats.embedded) == (14, 11, 3, 11)
+    np.testing.assert_array_equal(result.vectors, whole)
+
+
 def test_text_subclasses_such_as_numpy_strings_get_the_same_keys():
     texts_ = ["a cat", "naïve café"]
     np.testing.assert_array_equal(as_samples(list(np.array(texts_)), "text").keys, as_samples(texts_, "text").keys)
