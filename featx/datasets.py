@@ -19,10 +19,9 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import suppress
-from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -73,35 +72,59 @@ def _pixels(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class _Numbered(Sequence[str]):
-    """``prefix[0]``, ``prefix[1]``, … made on demand (no string kept per sample)."""
+class _Names(Sequence[str]):
+    """Each sample's name, made on demand (no string kept per sample): an image file's path, else
+    ``<modality>[i]``."""
 
-    def __init__(self, prefix: str, n: int) -> None:
-        self.prefix, self.n = prefix, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if not -self.n <= i < self.n:
-            raise IndexError(i)
-        return f"{self.prefix}[{i % self.n}]"
-
-
-@dataclass
-class Samples:
-    """Normalised samples: ``items`` (paths, pixel arrays or texts), their ``keys`` (hex content
-    digests, an ``S32`` array: 32 bytes per sample) and ``names``."""
-
-    modality: str
-    items: list[Any]
-    keys: np.ndarray
-    names: Sequence[str]
+    def __init__(self, items: Sequence[Any], modality: str) -> None:
+        self.items, self.modality = items, modality
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        x = self.items[i]  # IndexError past the end
+        if self.modality == "image" and isinstance(x, (str, os.PathLike)):
+            return os.fspath(x)
+        return f"{self.modality}[{i % len(self)}]"
+
+
+# An input up to this size gets all its keys at once (kept, and remembered for a list of short
+# texts); a larger one is hashed block by block as extraction reaches it, its keys never all held.
+KEEP_KEYS = 1 << 16
+
+
+class Samples:
+    """Normalised samples: ``items`` (paths, images or texts), their ``names`` and content ``keys``
+    (hex digests as an ``S32`` array, 32 bytes per sample).
+
+    ``keys`` are computed, and kept, when first asked for; ``blocks()`` walks the samples a block
+    at a time, each block with its own keys, which is how extraction reads an input of any size.
+    """
+
+    def __init__(self, modality: str, items: Sequence[Any], keys: np.ndarray | None,
+                 names: Sequence[str] | None = None) -> None:
+        self.modality, self.items, self._keys = modality, items, keys
+        self.names = _Names(items, modality) if names is None else names
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def keys(self) -> np.ndarray:
+        if self._keys is None:
+            self._keys = _text_keys(self.items) if self.modality == "text" else _image_keys(self.items, self.names)
+        return self._keys
+
+    def blocks(self, size: int) -> Iterator[tuple[int, "Samples"]]:
+        """``(start, the next size samples)`` through all of them; a block's keys are sliced from
+        ``keys`` if those were computed, else hashed for that block alone."""
+        for lo in range(0, len(self), size):
+            hi = min(lo + size, len(self))
+            keys = None if self._keys is None else self._keys[lo:hi]
+            yield lo, Samples(self.modality, self.items[lo:hi], keys, self.names[lo:hi])
 
     def load(self, i: int):
         """Sample ``i`` as its backbone receives it: an RGB ``PIL.Image`` or a ``str``."""
@@ -110,8 +133,8 @@ class Samples:
         from PIL import Image
 
         item = self.items[i]
-        if isinstance(item, np.ndarray):
-            return Image.fromarray(item)
+        if not isinstance(item, (str, os.PathLike)):
+            return Image.fromarray(_pixels(item))
         try:
             with Image.open(item) as im:
                 im.load()
@@ -156,7 +179,7 @@ def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None)
             f"X must be a sequence of samples (a list of {'texts' if modality == 'text' else 'images or paths'}), "
             f"got {type(X).__name__}"
         )
-    X = list(X)
+    X = X if type(X) is list else list(X)  # the caller's list is read, never copied or changed
     if modality == "text":
         return _text_samples(X, keys_dir)
     if modality == "image":
@@ -165,6 +188,9 @@ def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None)
 
 
 def _text_samples(X: list, keys_dir: str | os.PathLike | None) -> Samples:
+    if len(X) > KEEP_KEYS:  # hashed block by block as extraction reaches them
+        _check_texts(X)
+        return Samples("text", X, None)
     whole = _list_digest(X)
     keys = _recall(whole, len(X), keys_dir) if whole else None
     if keys is None:  # a list seen before was checked then
@@ -172,7 +198,7 @@ def _text_samples(X: list, keys_dir: str | os.PathLike | None) -> Samples:
         keys = _text_keys(X)
         if whole:
             _remember(whole, keys, keys_dir)
-    return Samples("text", X, keys, _Numbered("text", len(X)))
+    return Samples("text", X, keys)
 
 
 def _check_texts(X: list) -> None:
@@ -289,31 +315,35 @@ def _save_keys(folder: Path, whole: bytes, keys: np.ndarray) -> None:
 def _image_samples(X: list) -> Samples:
     from PIL import Image
 
-    items, keys, names = [], [], []
     for i, x in enumerate(X):
-        if isinstance(x, (str, os.PathLike)):
-            path = os.fspath(x)
-            try:
-                with open(path, "rb") as f:
-                    keys.append(_hash(b"file", f.read()))
-            except OSError as exc:
-                raise BadInputError(f"cannot read image file {path!r}: {exc.strerror or exc}") from None
-            items.append(path)
-            names.append(path)
-            continue
-        if not isinstance(x, (Image.Image, np.ndarray)):
+        if not isinstance(x, (str, os.PathLike, Image.Image, np.ndarray)):
             raise BadInputError(
                 f"sample {i} is {type(x).__name__}, but this backbone embeds images: pass file paths, "
                 f"PIL images or uint8 arrays"
             )
+    samples = Samples("image", X, None)
+    if len(X) <= KEEP_KEYS:
+        samples.keys  # read and checked now; a larger input is, block by block, as extraction reaches it
+    return samples
+
+
+def _image_keys(X: Sequence[Any], names: Sequence[str]) -> np.ndarray:
+    """Content keys of image files (their bytes) and in-memory images (RGB pixels and shape)."""
+    digests = []
+    for i, x in enumerate(X):
+        if isinstance(x, (str, os.PathLike)):
+            try:
+                with open(x, "rb") as f:
+                    digests.append(_hash(b"file", f.read()))
+            except OSError as exc:
+                raise BadInputError(f"cannot read image file {os.fspath(x)!r}: {exc.strerror or exc}") from None
+            continue
         try:
             pixels = _pixels(x)
         except BadInputError as exc:
-            raise BadInputError(f"sample {i}: {exc}") from None
-        keys.append(_hash(b"pixels", str(pixels.shape).encode(), pixels.tobytes()))
-        items.append(pixels)
-        names.append(f"image[{i}]")
-    return Samples("image", items, _hex_keys(keys), names)
+            raise BadInputError(f"{names[i]}: {exc}") from None
+        digests.append(_hash(b"pixels", str(pixels.shape).encode(), pixels.tobytes()))
+    return _hex_keys(digests)
 
 
 def load_image_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:

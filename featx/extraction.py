@@ -23,6 +23,7 @@ from .errors import BadInputError, CacheError
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
 TEXT_CHUNK = 1024  # samples per committed shard: a few seconds of work, few files to open when reading back
+BLOCK = 1 << 13  # samples hashed, looked up, embedded and read back at a time: about a megabyte of working arrays
 TUNE_VERSION = 2  # bump when the inference path changes speed: remembered sizes are then tuned again
 
 
@@ -238,19 +239,15 @@ class _Distinct:
         return sum(int(np.count_nonzero(seen)) for seen in self.rows.values())
 
 
-def _to_embed(samples: Samples, start: int, present: np.ndarray) -> np.ndarray:
-    """Indices of the first sample of each missing key among ``samples[start:start + len(present)]``,
-    in input order — texts longest first, so similar lengths share a chunk and each batch pads little."""
-    misses = start + np.flatnonzero(~present)
+def _to_embed(samples: Samples, present: np.ndarray) -> np.ndarray:
+    """Indices of the first sample of each missing key, in input order — texts longest first, so
+    similar lengths share a chunk and each batch pads little."""
+    misses = np.flatnonzero(~present)
     todo = misses[np.sort(np.unique(samples.keys[misses], return_index=True)[1])]
     if samples.modality == "text":
         lengths = np.fromiter((len(samples.items[i]) for i in todo), dtype=np.int64, count=len(todo))
         todo = todo[np.argsort(-lengths, kind="stable")]
     return todo
-
-
-BLOCK = 1 << 16  # samples looked up, embedded and read back at a time: working memory is bounded by
-# the block, not by the input (a key seen in an earlier block is found stored by then)
 
 
 def extract(
@@ -280,8 +277,8 @@ def extract(
     method, preprocesses) images in that many DataLoader worker processes — worth it beside a GPU,
     slower on a 2-core CPU.
 
-    The input is handled ``BLOCK`` samples at a time (look up, embed the misses, read them back):
-    beyond the returned matrix, memory does not grow with ``len(X)``.
+    The input is handled ``BLOCK`` samples at a time (hash, look up, embed the misses, read them
+    back): beyond the returned matrix, memory does not grow with ``len(X)``.
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
@@ -296,35 +293,34 @@ def extract(
         batch_size = batch_size or backbone.default_batch_size
     chunk_size = chunk_size or (TEXT_CHUNK if samples.modality == "text" else max((batch_size or 32) * 8, 256))
     block = BLOCK if engine == "local" else max(len(samples), 1)  # Ray streams its own batches to one actor pool
-
     meter = Progress(len(samples), f"{backbone.name}: samples cached or embedded", progress and engine == "local")
+    failed: dict[bytes, str] = {}
 
-    def embed(todo: np.ndarray) -> int:
+    def embed(part: Samples, todo: np.ndarray) -> int:
         nonlocal batch_size
         backbone.to(device)
         if engine == "ray":
             from .distributed import embed_with_ray
 
-            return embed_with_ray(backbone, samples, todo, store, batch_size=batch_size or backbone.default_batch_size,
+            return embed_with_ray(backbone, part, todo, store, batch_size=batch_size or backbone.default_batch_size,
                                   chunk_size=chunk_size, device=device, address=address, num_actors=num_actors,
                                   num_gpus=num_gpus, failed=failed)
-        done, batch_size = _fill(store, samples, todo, backbone, batch_size, chunk_size, num_workers, failed, meter)
+        done, batch_size = _fill(store, part, todo, backbone, batch_size, chunk_size, num_workers, failed, meter)
         return done
 
     vectors = np.empty((len(samples), backbone.dim), dtype=np.float32)  # every row is written below
     ok = np.ones(len(samples), bool)
-    failed: dict[bytes, str] = {}
-    distinct, hits, embedded = _Distinct(), 0, 0
-    for lo in range(0, len(samples), block):
-        keys, out = samples.keys[lo:lo + block], vectors[lo:lo + block]
+    distinct, hits, embedded, bad = _Distinct(), 0, 0, []
+    for lo, part in samples.blocks(block):  # a key met in an earlier block is found stored by then
+        keys, out = part.keys, vectors[lo:lo + len(part)]
         entries = _read_stored(store, keys, out)
         present = entries >= 0
         distinct.add(entries[present])
         hits += int(present.sum())
-        todo = _to_embed(samples, lo, present)
-        meter.update(len(keys) - len(todo))  # hits, and repeats of a missing key
+        todo = _to_embed(part, present)
+        meter.update(len(part) - len(todo))  # hits, and repeats of a missing key
         if len(todo):
-            embedded += embed(todo)
+            embedded += embed(part, todo)
         good = ~np.isin(keys, np.asarray(list(failed), dtype=keys.dtype)) if failed else np.ones(len(keys), bool)
         new = np.flatnonzero(good & ~present)  # embedded just now, by this process or another writer
         for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
@@ -342,14 +338,12 @@ def extract(
             except DamagedShardError:
                 if attempt == 2:
                     raise
-                embedded += embed(lo + new[~store.contains(keys[new])])
+                embedded += embed(part, new[~store.contains(keys[new])])
         out[~good] = np.nan
-        ok[lo:lo + block] = good
+        ok[lo:lo + len(part)] = good
+        bad += [msg if part.names[i] in msg else f"{part.names[i]}: same content as an unreadable sample ({msg})"
+                for i in np.flatnonzero(~good) for msg in [failed[keys[i]]]]
     meter.finish()
-    bad = [
-        msg if samples.names[i] in msg else f"{samples.names[i]}: same content as an unreadable sample ({msg})"
-        for i in np.flatnonzero(~ok) for msg in [failed[samples.keys[i]]]
-    ]
     stats = ExtractStats(
         backbone=backbone.name, store_key=store.path.name, samples=len(samples), unique=len(distinct) + len(failed),
         hits=hits, embedded=embedded, seconds=time.perf_counter() - start, failed=bad,

@@ -297,11 +297,17 @@ def test_unique_counts_distinct_samples_among_hits_and_misses(counting, cache_di
 
 
 def test_an_input_longer_than_a_block_is_extracted_block_by_block(counting, cache_dir, tmp_path, monkeypatch):
+    import featx.datasets as datasets
     import featx.extraction as extraction
 
     whole = extract(CountingTextBackbone(), texts(11) + texts(3), cache_dir=tmp_path / "one-block").vectors
+    monkeypatch.setattr(datasets, "KEEP_KEYS", 4)  # keys hashed block by block, as for a large input
     monkeypatch.setattr(extraction, "BLOCK", 4)
+    hashed = []
+    real = datasets._text_keys
+    monkeypatch.setattr(datasets, "_text_keys", lambda X: hashed.append(len(X)) or real(X))
     result = extract(counting, texts(11) + texts(3), cache_dir=cache_dir)  # repeats fall in later blocks
+    assert hashed == [4, 4, 4, 2]  # each block hashed as it is reached: never every key at once
     assert sorted(counting.embedded) == sorted(texts(11))  # each text once: later blocks find it stored
     assert (result.stats.samples, result.stats.unique, result.stats.hits, result.stats.embedded) == (14, 11, 3, 11)
     np.testing.assert_array_equal(result.vectors, whole)
