@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import featx
-from featx.cache import EmbeddingCache
+from featx.cache import SNAPSHOT, EmbeddingCache
 from featx.datasets import as_samples
 from featx.errors import CacheError
 from featx.extraction import extract
@@ -402,7 +402,7 @@ def new_process(monkeypatch):
 
 def test_a_new_process_reads_the_saved_index_instead_of_every_shard(cache_dir, new_process):
     store, keys = _filled_store(cache_dir)
-    assert (store.path / "index.npz").is_file()
+    assert (store.path / SNAPSHOT).is_file()
     opened = new_process()
     fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
     np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
@@ -414,7 +414,7 @@ def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_
     import h5py
 
     store, keys = _filled_store(cache_dir)
-    saved = (store.path / "index.npz").read_bytes()
+    saved = (store.path / SNAPSHOT).read_bytes()
     more = np.asarray([f"{i:032x}" for i in range(1000, 1040)], dtype="S32")
     store.put(more, np.full((40, 3), 5, np.float32))
     shards = sorted(store.path.glob("shard-*.h5"))
@@ -426,7 +426,7 @@ def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_
         f.create_dataset("keys", data=replaced_keys)
         f.create_dataset("vectors", data=np.full((len(replaced_keys), 3), 7, np.float32))
         f.attrs["fingerprint"] = "fp"
-    (store.path / "index.npz").write_bytes(saved)  # as saved before all this
+    (store.path / SNAPSHOT).write_bytes(saved)  # as saved before all this
     opened = new_process()
     fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
     everything = np.concatenate([keys, more])
@@ -441,7 +441,7 @@ def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped byte"])
 def test_a_damaged_saved_index_is_ignored_and_written_again(cache_dir, new_process, damage):
     store, keys = _filled_store(cache_dir)
-    path = store.path / "index.npz"
+    path = store.path / SNAPSHOT
     data = bytearray(path.read_bytes())
     if damage == "flipped byte":
         data[len(data) // 2] ^= 0x01
@@ -455,13 +455,15 @@ def test_a_damaged_saved_index_is_ignored_and_written_again(cache_dir, new_proce
 
 
 def test_an_index_that_cannot_be_saved_costs_nothing_but_speed(cache_dir, monkeypatch):
+    import featx.cache as cache_module
+
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "savez", full_disk)
+    monkeypatch.setattr(cache_module._Index, "_write", full_disk)
     store, keys = _filled_store(cache_dir)
     np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
-    assert not (store.path / "index.npz").exists() and not list(store.path.glob(".tmp-*"))
+    assert not (store.path / SNAPSHOT).exists() and not list(store.path.glob(".tmp-*"))
 
 
 def test_a_new_process_finds_the_keys_of_a_list_in_the_cache_folder(key_memo, counting, cache_dir):
