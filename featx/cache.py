@@ -373,9 +373,10 @@ class _Base:
         tied = np.flatnonzero(self.fence_heads[np.maximum(page, 0)] == heads)  # pages may start with these 8 bytes
         page[tied] = np.searchsorted(self.fences, keys[tied], "right") - 1
         page = np.maximum(page, 0)  # a key before the first fence is not here; page 0 tells so
-        order = np.argsort(page, kind="stable")
-        pages, starts = np.unique(page[order], return_index=True)
-        starts = np.append(starts, len(order))
+        order = np.argsort(page, kind="stable")  # already in order but for keys sharing their first 8 bytes
+        page = page[order]
+        starts = np.append(np.flatnonzero(np.diff(page, prepend=-1)), len(order))  # each touched page's needles
+        pages = page[starts[:-1]]
         for g in range(0, len(pages), READ_PAGES):
             needles = order[starts[g]:starts[min(g + READ_PAGES, len(pages))]]
             records = self._pages(pages[g:g + READ_PAGES])

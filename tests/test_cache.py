@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -569,6 +571,21 @@ def test_the_delta_in_memory_stays_bounded_and_spills_to_disk(cache_dir, new_pro
     np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
     assert len(opened) == 110 and max(held) <= 200 + 100 + 400  # the bound, and a piece of up to 100 keys and a shard
     assert fresh._index.base.count >= 3000 and len(fresh) == len(keys)
+
+
+def test_a_newer_saved_index_renamed_over_the_path_leaves_a_process_searching_its_own(cache_dir, new_process):
+    store, keys = _filled_store(cache_dir)
+    new_process()
+    other = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)  # another process, searching the saved base
+    assert other.contains(keys).all() and other._index.base.count == len(keys)
+    more = np.asarray([f"{i:032x}" for i in range(1000, 1040)], dtype="S32")
+    store.put(more, np.full((40, 3), 5, np.float32))
+    store.contains(more)
+    store._index.save()  # the first process renames a newer base over the path
+    assert os.fstat(other._index.base.fd).st_ino != (store.path / SNAPSHOT).stat().st_ino
+    np.testing.assert_array_equal(other.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
+    np.testing.assert_array_equal(other.get(more), 5)  # the new shard read from its file
+    assert len(other) == len(store) == len(keys) + 40
 
 
 def test_a_delta_that_cannot_spill_keeps_answering_from_memory(cache_dir, monkeypatch):
