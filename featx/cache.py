@@ -358,6 +358,7 @@ class _Base:
         return _Base(fd, tally), shards
 
     def records(self, lo: int, hi: int) -> np.ndarray:
+        """Records ``lo:hi``."""
         out = np.empty(hi - lo, RECORD)
         _pread_into(self.fd, lo * RECORD.itemsize, out)
         return out
@@ -402,8 +403,9 @@ class _Index:
     """Where each stored key lives: the ``base`` saved on disk (``_Base``) and, in memory, the
     ``runs`` of entries indexed since (the delta: sorted numpy runs of key, its first 8 bytes, shard
     number and row, 48 bytes per entry, merged like a binary counter as shards arrive).  The oldest
-    entry of a key wins.  Once the delta is full (``delta_full``) it is merged with the base into a
-    new saved base, so the memory held stays bounded whatever the size of the store.
+    entry of a key wins.  Once the delta is full (``delta_full``: at most ``DELTA_MAX`` entries) it
+    is merged with the base into a new saved base, so the memory held stays bounded whatever the
+    size of the store.
 
     One per store folder and process, shared by its ``Store`` objects, so a second extraction
     reads only the shards committed since the first.
