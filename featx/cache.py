@@ -8,7 +8,7 @@
                               process holds only its first key per page and what was indexed since):
                                 records   (key S32, shard int32, row int32) x n, sorted by key, one per key
                                 shards    JSON table: name, rows, vectors offset, stamp, checked finite
-                                trailer   magic, n, table bytes, blake2b of records and table
+                                trailer   magic, n, table bytes, CRC-32 of records and table
                               a new process reads this one file instead of opening every shard (any
                               shard it does not describe as it is now is read from the shard itself;
                               a damaged index.bin is ignored)
@@ -27,7 +27,6 @@ other's files.  The same key in two shards holds the same vector; the first one 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -37,6 +36,7 @@ import time
 import uuid
 import warnings
 import weakref
+import zlib
 from collections import OrderedDict
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -57,11 +57,11 @@ OPEN_SHARDS = 16  # read handles kept open per store
 LOCATE_BLOCK = 1 << 16  # keys looked up at a time
 SNAPSHOT = "index.bin"  # the index as last saved, searched on disk: see _Base
 RECORD = np.dtype([("key", KEY_DTYPE), ("shard", "<i4"), ("row", "<i4")])  # one entry of the saved index
-PAGE = 256  # records per page of the saved index: the unit a look-up reads
-READ_PAGES = 64  # pages read at a time by a look-up, a check or a rewrite of the saved index
+PAGE = 512  # records per page of the saved index (20 kB): the unit a look-up reads
+READ_PAGES = 32  # pages read at a time by a look-up, a check or a rewrite of the saved index
 DELTA_MIN, DELTA_MAX = 1 << 15, 1 << 20  # entries held in memory before the saved index is rewritten
 MAGIC = b"featxix1"
-TRAILER = struct.Struct("<8sQQ32s")  # MAGIC, records, bytes of the shard table, blake2b of both
+TRAILER = struct.Struct("<8sQQI")  # MAGIC, records, bytes of the shard table, CRC-32 of both
 
 
 class CacheWarning(UserWarning):
@@ -340,20 +340,19 @@ class _Base:
         size = os.fstat(fd).st_size
         if size < TRAILER.size:
             raise ValueError("too short")
-        magic, count, table_size, digest = TRAILER.unpack(os.pread(fd, TRAILER.size, size - TRAILER.size))
+        magic, count, table_size, crc = TRAILER.unpack(os.pread(fd, TRAILER.size, size - TRAILER.size))
         if magic != MAGIC or count * RECORD.itemsize + table_size + TRAILER.size != size:
             raise ValueError("not a featx index, or truncated")
         raw_table = os.pread(fd, table_size, count * RECORD.itemsize)
         shards = [_Shard(name, rows, offset, tuple(stamp), tuple(stamp) if checked else None)
                   for name, rows, offset, stamp, checked in json.loads(raw_table)]
-        checksum, tally = hashlib.blake2b(digest_size=32), _Tally(PAGE, np.zeros(len(shards), np.int64))
+        checksum, tally = 0, _Tally(PAGE, np.zeros(len(shards), np.int64))
         for lo in range(0, count, PAGE * READ_PAGES):
             records = np.empty(min(PAGE * READ_PAGES, count - lo), RECORD)
             _pread_into(fd, lo * RECORD.itemsize, records)
-            checksum.update(records)
+            checksum = zlib.crc32(records, checksum)
             tally.add(records)
-        checksum.update(raw_table)
-        if checksum.digest() != digest:
+        if zlib.crc32(raw_table, checksum) != crc:
             raise ValueError("checksum mismatch")
         return _Base(fd, tally), shards
 
@@ -491,11 +490,12 @@ class _Index:
     def _write(self, out) -> _Tally:
         """Stream the merged base and delta to ``out`` as records, then the shard table and the
         trailer; a page-sized piece of the base at a time is in memory, never the whole."""
-        checksum, tally = hashlib.blake2b(digest_size=32), _Tally(PAGE, np.zeros(len(self.shards), np.int64))
+        crc, tally = 0, _Tally(PAGE, np.zeros(len(self.shards), np.int64))
 
         def emit(records: np.ndarray) -> None:
+            nonlocal crc
             out.write(memoryview(records).cast("B"))
-            checksum.update(records)
+            crc = zlib.crc32(records, crc)
             tally.add(records)
 
         delta = self.runs[0] if self.runs else _Run.build(*(np.zeros(0, t) for t in (KEY_DTYPE, np.int32, np.int32)))
@@ -511,8 +511,7 @@ class _Index:
         table = json.dumps([[sh.name, sh.rows, sh.offset, list(sh.stamp), sh.checked == sh.stamp]
                             for sh in self.shards]).encode()
         out.write(table)
-        checksum.update(table)
-        out.write(TRAILER.pack(MAGIC, tally.records, len(table), checksum.digest()))
+        out.write(TRAILER.pack(MAGIC, tally.records, len(table), zlib.crc32(table, crc)))
         return tally
 
     def save_if_due(self) -> None:
