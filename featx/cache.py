@@ -271,10 +271,16 @@ def _layout(vectors) -> int | None:
 
 
 def _pread_into(fd: int, offset: int, out: np.ndarray) -> None:
-    """Fill the C-contiguous ``out`` with the bytes at ``offset`` of the open file ``fd``."""
+    """Fill the C-contiguous ``out`` with the bytes at ``offset`` of the open file ``fd`` (straight
+    into ``out`` where the platform has ``os.preadv``, else through a copy)."""
     view, done = memoryview(out).cast("B"), 0
     while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [view[done:]], offset + done)
+        else:
+            chunk = os.pread(fd, len(view) - done, offset + done)
+            n = len(chunk)
+            view[done:done + n] = chunk
         if n == 0:
             raise OSError(f"file ends {len(view) - done} bytes early")
         done += n

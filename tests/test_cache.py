@@ -588,6 +588,14 @@ def test_a_newer_saved_index_renamed_over_the_path_leaves_a_process_searching_it
     assert len(other) == len(store) == len(keys) + 40
 
 
+def test_the_saved_index_is_searched_where_the_platform_has_no_preadv(cache_dir, new_process, monkeypatch):
+    monkeypatch.delattr(os, "preadv")
+    store, keys = _filled_store(cache_dir)
+    new_process()
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])  # vectors through HDF5
+    assert fresh._index.base.count == len(keys) and fresh._index.runs == []  # no shard's keys read again
+
 def test_a_delta_that_cannot_spill_keeps_answering_from_memory(cache_dir, monkeypatch):
     import featx.cache as cache_module
 
