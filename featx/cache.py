@@ -4,9 +4,14 @@
       <store key>/            store key = digest(backbone fingerprint, storage dtype)
         meta.json             backbone name, fingerprint, dim, dtype, views
         shard-<ns>-<pid>-<rand>.h5   datasets "keys" (n,) S32 and "vectors" (n, dim)
-        index.npz             the shards' keys as last indexed: a new process reads this one file
-                              instead of opening every shard (any shard it does not describe as it
-                              is now is read from the shard itself; a damaged index.npz is ignored)
+        index.bin             the shards' keys as last indexed, searched on disk page by page (a
+                              process holds only its first key per page and what was indexed since):
+                                records   (key S32, shard int32, row int32) x n, sorted by key, one per key
+                                shards    JSON table: name, rows, vectors offset, stamp, checked finite
+                                trailer   magic, n, table bytes, CRC-32 of records and table
+                              a new process reads this one file instead of opening every shard (any
+                              shard it does not describe as it is now is read from the shard itself;
+                              a damaged index.bin is ignored)
       texts/<digest>.npz      keys of recently seen lists of short texts (see datasets.as_samples)
 
 A shard is written to a temporary name, flushed to disk, then renamed: readers see whole shards or
@@ -25,10 +30,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import threading
 import time
 import uuid
 import warnings
+import weakref
+import zlib
 from collections import OrderedDict
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -47,7 +55,13 @@ CLAIM_TIMEOUT = float(os.environ.get("FEATX_CLAIM_TIMEOUT", 600))  # seconds bef
 TMP_TIMEOUT = 600.0  # seconds before an orphaned temporary shard is garbage
 OPEN_SHARDS = 16  # read handles kept open per store
 LOCATE_BLOCK = 1 << 16  # keys looked up at a time
-SNAPSHOT = "index.npz"  # the index as last saved: see _Index.save_if_due
+SNAPSHOT = "index.bin"  # the index as last saved, searched on disk: see _Base
+RECORD = np.dtype([("key", KEY_DTYPE), ("shard", "<i4"), ("row", "<i4")])  # one entry of the saved index
+PAGE = 512  # records per page of the saved index (20 kB): the unit a look-up reads
+READ_PAGES = 32  # pages read at a time by a look-up, a check or a rewrite of the saved index
+DELTA_MIN, DELTA_MAX = 1 << 15, 1 << 20  # entries held in memory before the saved index is rewritten
+MAGIC = b"featxix1"
+TRAILER = struct.Struct("<8sQQI")  # MAGIC, records, bytes of the shard table, CRC-32 of both
 
 
 class CacheWarning(UserWarning):
@@ -194,6 +208,10 @@ class _Run:
             pos[tied], here[tied] = exact, self.keys[exact] == keys[tied]
         return pos, here
 
+    def part(self, lo: int, hi: int) -> "_Run":
+        """Entries ``lo:hi``."""
+        return _Run(self.keys[lo:hi], self.heads[lo:hi], self.shard[lo:hi], self.row[lo:hi])
+
     @staticmethod
     def build(keys: np.ndarray, shard: np.ndarray, row: np.ndarray) -> "_Run":
         """A run of unsorted entries; where a key repeats, its first entry wins."""
@@ -252,27 +270,147 @@ def _layout(vectors) -> int | None:
     return vectors.id.get_offset()
 
 
+def _pread_into(fd: int, offset: int, out: np.ndarray) -> None:
+    """Fill the C-contiguous ``out`` with the bytes at ``offset`` of the open file ``fd`` (straight
+    into ``out`` where the platform has ``os.preadv``, else through a copy)."""
+    view, done = memoryview(out).cast("B"), 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [view[done:]], offset + done)
+        else:
+            chunk = os.pread(fd, len(view) - done, offset + done)
+            n = len(chunk)
+            view[done:done + n] = chunk
+        if n == 0:
+            raise OSError(f"file ends {len(view) - done} bytes early")
+        done += n
+
+
 def _pread(path: Path, offset: int, out: np.ndarray) -> tuple[int, int, int]:
     """Fill the C-contiguous ``out`` with the bytes at ``offset`` of ``path``; returns the file's
     ``_stamp`` as read."""
-    view, done = memoryview(out).cast("B"), 0
     fd = os.open(path, os.O_RDONLY)
     try:
         stamp = _stamp(os.fstat(fd))
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                raise OSError(f"file ends {len(view) - done} bytes early")
-            done += n
+        _pread_into(fd, offset, out)
     finally:
         os.close(fd)
     return stamp
 
 
+def _run_of(records: np.ndarray) -> _Run:
+    """The entries of saved-index ``records`` as a ``_Run``."""
+    keys = np.ascontiguousarray(records["key"])
+    return _Run(keys, _heads(keys), records["shard"], records["row"])
+
+
+def _records_of(run: _Run) -> np.ndarray:
+    """The entries of ``run`` as saved-index records."""
+    records = np.empty(len(run.keys), RECORD)
+    records["key"], records["shard"], records["row"] = run.keys, run.shard, run.row
+    return records
+
+
+@dataclass
+class _Tally:
+    """What a process keeps in memory of a saved index, gathered as its records stream past: the
+    first key of every page (``fences``) and the number of entries of each shard (``counts``)."""
+
+    page: int
+    counts: np.ndarray
+    fences: list[np.ndarray] = field(default_factory=list)
+    records: int = 0
+
+    def add(self, records: np.ndarray) -> None:
+        self.fences.append(records["key"][-self.records % self.page::self.page].copy())
+        self.counts += np.bincount(records["shard"], minlength=len(self.counts))
+        self.records += len(records)
+
+
+class _Base:
+    """The index as last saved (``SNAPSHOT``), searched on disk through an open descriptor (a newer
+    snapshot renamed over the path leaves it as it was): ``count`` records sorted by key, one per
+    key, read a page of ``page`` records at a time.  In memory: the ``fences`` (first key of each
+    page) and ``counts`` (entries of each shard number)."""
+
+    def __init__(self, fd: int, tally: _Tally) -> None:
+        self.fd, self.count, self.page, self.counts = fd, tally.records, tally.page, tally.counts
+        self.fences = np.concatenate(tally.fences) if tally.fences else np.zeros(0, KEY_DTYPE)
+        self.fence_heads = _heads(self.fences)
+        weakref.finalize(self, os.close, fd)
+
+    @staticmethod
+    def open(fd: int) -> tuple["_Base", list[_Shard]]:
+        """The saved index in ``fd`` and the shards it describes (by number), checked whole
+        against its checksum; raises if it is not a whole index as written."""
+        size = os.fstat(fd).st_size
+        if size < TRAILER.size:
+            raise ValueError("too short")
+        magic, count, table_size, crc = TRAILER.unpack(os.pread(fd, TRAILER.size, size - TRAILER.size))
+        if magic != MAGIC or count * RECORD.itemsize + table_size + TRAILER.size != size:
+            raise ValueError("not a featx index, or truncated")
+        raw_table = os.pread(fd, table_size, count * RECORD.itemsize)
+        shards = [_Shard(name, rows, offset, tuple(stamp), tuple(stamp) if checked else None)
+                  for name, rows, offset, stamp, checked in json.loads(raw_table)]
+        checksum, tally = 0, _Tally(PAGE, np.zeros(len(shards), np.int64))
+        for lo in range(0, count, PAGE * READ_PAGES):
+            records = np.empty(min(PAGE * READ_PAGES, count - lo), RECORD)
+            _pread_into(fd, lo * RECORD.itemsize, records)
+            checksum = zlib.crc32(records, checksum)
+            tally.add(records)
+        if zlib.crc32(raw_table, checksum) != crc:
+            raise ValueError("checksum mismatch")
+        return _Base(fd, tally), shards
+
+    def records(self, lo: int, hi: int) -> np.ndarray:
+        """Records ``lo:hi``."""
+        out = np.empty(hi - lo, RECORD)
+        _pread_into(self.fd, lo * RECORD.itemsize, out)
+        return out
+
+    def find(self, keys: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shard number and row of each of ``keys`` (with their ``heads``), and which are here:
+        each needle's page from the fences, then ``READ_PAGES`` touched pages read at a time."""
+        shard, row = np.full(len(keys), -1, np.int32), np.zeros(len(keys), np.int32)
+        found = np.zeros(len(keys), bool)
+        if not self.count:
+            return shard, row, found
+        page = np.searchsorted(self.fence_heads, heads, "right") - 1
+        tied = np.flatnonzero(self.fence_heads[np.maximum(page, 0)] == heads)  # pages may start with these 8 bytes
+        page[tied] = np.searchsorted(self.fences, keys[tied], "right") - 1
+        page = np.maximum(page, 0)  # a key before the first fence is not here; page 0 tells so
+        order = np.argsort(page, kind="stable")  # already in order but for keys sharing their first 8 bytes
+        page = page[order]
+        starts = np.append(np.flatnonzero(np.diff(page, prepend=-1)), len(order))  # each touched page's needles
+        pages = page[starts[:-1]]
+        for g in range(0, len(pages), READ_PAGES):
+            needles = order[starts[g]:starts[min(g + READ_PAGES, len(pages))]]
+            records = self._pages(pages[g:g + READ_PAGES])
+            pos, here = _run_of(records).find(keys[needles], heads[needles])
+            hits, pos = needles[here], pos[here]
+            shard[hits], row[hits], found[hits] = records["shard"][pos], records["row"][pos], True
+        return shard, row, found
+
+    def _pages(self, pages: np.ndarray) -> np.ndarray:
+        """The records of ``pages`` (ascending), one after the other: sorted like the base."""
+        bounds = np.minimum(np.stack([pages, pages + 1]) * self.page, self.count)
+        out = np.empty(int((bounds[1] - bounds[0]).sum()), RECORD)
+        spans = np.split(np.arange(len(pages)), np.flatnonzero(np.diff(pages) != 1) + 1)
+        at = 0
+        for span in spans:  # consecutive pages: one read
+            lo, hi = bounds[0, span[0]], bounds[1, span[-1]]
+            _pread_into(self.fd, int(lo) * RECORD.itemsize, out[at:at + hi - lo])
+            at += hi - lo
+        return out
+
+
 class _Index:
-    """Where each stored key lives: a few sorted numpy runs of (key, its first 8 bytes, shard
-    number, row), 48 bytes per sample, merged like a binary counter as shards arrive; the oldest
-    entry of a key wins.
+    """Where each stored key lives: the ``base`` saved on disk (``_Base``) and, in memory, the
+    ``runs`` of entries indexed since (the delta: sorted numpy runs of key, its first 8 bytes, shard
+    number and row, 48 bytes per entry, merged like a binary counter as shards arrive).  The oldest
+    entry of a key wins.  Once the delta is full (``delta_full``: at most ``DELTA_MAX`` entries) it
+    is merged with the base into a new saved base, so the memory held stays bounded whatever the
+    size of the store.
 
     One per store folder and process, shared by its ``Store`` objects, so a second extraction
     reads only the shards committed since the first.
@@ -280,10 +418,13 @@ class _Index:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.base: _Base | None = None
         self.runs: list[_Run] = []
         self.shards: list[_Shard] = []  # by shard number
+        self.dead = np.zeros(0, bool)  # by shard number: quarantined or removed (their base entries are skipped)
         self.seen: set[str] = set()
         self.unsaved = 0  # shards indexed from their own files, or checked, since the index was last saved
+        self.retry_at = 0  # delta entries beyond which to try saving again after a save failed
         self.lock = threading.RLock()
         self.handles: OrderedDict[str, Any] = OrderedDict()  # the most recently used open shards
 
@@ -312,71 +453,108 @@ class _Index:
         for shard, _ in shards:
             self.shards.append(shard)
             self.seen.add(shard.name)
+        self.dead = np.append(self.dead, np.zeros(len(shards), bool))
+        self.unsaved += len(shards)
         self.runs.append(run)
         while len(self.runs) > 1 and len(self.runs[-2].keys) <= 2 * len(self.runs[-1].keys):
             newer = self.runs.pop()
             self.runs[-1] = _Run.merge(self.runs[-1], newer)
 
+    def delta(self) -> int:
+        """Entries held in memory."""
+        return sum(len(run.keys) for run in self.runs)
+
+    def delta_full(self) -> bool:
+        """Whether the delta outgrew an eighth of the base (at least ``DELTA_MIN``, at most
+        ``DELTA_MAX`` entries): rewriting the base then costs little next to what it indexes."""
+        limit = min(max(DELTA_MIN, (self.base.count if self.base else 0) // 8), DELTA_MAX)
+        return self.delta() > max(limit, self.retry_at)
+
     def save(self) -> None:
-        """Write the index to ``SNAPSHOT`` as one run (atomically; skipped where the folder is read-only)."""
+        """Write the base and the delta, merged, as the new base in ``SNAPSHOT`` (atomically) and
+        search it from now on; where it cannot be written, the delta stays in memory."""
         self.merge()
-        names = np.asarray([sh.name for sh in self.shards], dtype="S")
-        table = np.zeros(len(self.shards), dtype=[("name", names.dtype), ("rows", "i8"), ("offset", "i8"),
-                                                  ("stamp", "i8", 3), ("checked", "?")])
-        table["name"] = names
-        table["rows"] = [sh.rows for sh in self.shards]
-        table["offset"] = [-1 if sh.offset is None else sh.offset for sh in self.shards]
-        table["stamp"] = np.asarray([sh.stamp for sh in self.shards], dtype=np.int64).reshape(-1, 3)
-        table["checked"] = [sh.checked == sh.stamp for sh in self.shards]
-        run = self.runs[0] if self.runs else _Run(*(np.zeros(0, t) for t in (KEY_DTYPE, np.uint64, np.int32, np.int32)))
         path = self.folder / SNAPSHOT
-        tmp = path.with_name(f".tmp-index-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz")
+        tmp = path.with_name(f".tmp-index-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.bin")
+        self.unsaved = 0
         try:
-            with open(tmp, "wb") as f:
-                np.savez(f, shards=table, keys=run.keys.view(KEY_DTYPE), shard=run.shard, row=run.row)
-            os.replace(tmp, path)
+            with open(tmp, "xb") as out:
+                tally = self._write(out)
+            fd = os.open(tmp, os.O_RDONLY)  # kept: the new base, whatever is renamed over the path later
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.close(fd)
+                raise
         except OSError:
             with suppress(OSError):
                 tmp.unlink()
-        self.unsaved = 0
+            self.retry_at = 2 * self.delta()  # a full disk is not tried again at every look-up
+            return
+        self.base, self.runs, self.retry_at = _Base(fd, tally), [], 0
+
+    def _write(self, out) -> _Tally:
+        """Stream the merged base and delta to ``out`` as records, then the shard table and the
+        trailer; a page-sized piece of the base at a time is in memory, never the whole."""
+        crc, tally = 0, _Tally(PAGE, np.zeros(len(self.shards), np.int64))
+
+        def emit(records: np.ndarray) -> None:
+            nonlocal crc
+            out.write(memoryview(records).cast("B"))
+            crc = zlib.crc32(records, crc)
+            tally.add(records)
+
+        delta = self.runs[0] if self.runs else _Run.build(*(np.zeros(0, t) for t in (KEY_DTYPE, np.int32, np.int32)))
+        taken, step, count = 0, PAGE * READ_PAGES, self.base.count if self.base else 0
+        for lo in range(0, count, step):
+            records = self.base.records(lo, min(lo + step, count))
+            upto = len(delta.keys) if lo + step >= count else np.searchsorted(delta.keys, records["key"][-1], "right")
+            live = _run_of(records[~self.dead[records["shard"]]])  # dead shards' entries are dropped here
+            emit(_records_of(_Run.merge(live, delta.part(taken, upto))))
+            taken = upto
+        for lo in range(taken, len(delta.keys), step):
+            emit(_records_of(delta.part(lo, lo + step)))
+        table = json.dumps([[sh.name, sh.rows, sh.offset, list(sh.stamp), sh.checked == sh.stamp]
+                            for sh in self.shards]).encode()
+        out.write(table)
+        out.write(TRAILER.pack(MAGIC, tally.records, len(table), zlib.crc32(table, crc)))
+        return tally
 
     def save_if_due(self) -> None:
         """``save`` once an eighth of the shards were indexed or checked since the last save (so
-        all rewrites together cost a few times the final size of the index)."""
-        if self.unsaved and 8 * self.unsaved >= len(self.shards):
+        all rewrites together cost a few times the final size of the index), or the delta is full."""
+        if (self.unsaved and 8 * self.unsaved >= len(self.shards)) or self.delta_full():
             self.save()
 
     def restore(self, names: set[str]) -> None:
-        """Take the index saved in ``SNAPSHOT``, keeping only shards still there as they were then
-        (anything else, or a damaged file, is left for ``Store.refresh`` to read from the shards)."""
+        """Take the index saved in ``SNAPSHOT`` as the base, keeping only shards still there as they
+        were then (anything else, or a damaged file, is left for ``Store.refresh`` to read from the
+        shards)."""
         try:
-            with np.load(self.folder / SNAPSHOT) as saved:
-                table, keys, shard, row = (saved[k] for k in ("shards", "keys", "shard", "row"))
-            runs = [_Run(keys, _heads(keys), shard, row)] if len(keys) else []
-        except Exception:  # missing, torn or foreign: the shards themselves are the truth
+            fd = os.open(self.folder / SNAPSHOT, os.O_RDONLY)
+        except OSError:
             return
-        shards = [_Shard(t["name"].decode(), int(t["rows"]), None if t["offset"] < 0 else int(t["offset"]),
-                         stamp, stamp if t["checked"] else None)
-                  for t in table for stamp in [tuple(int(v) for v in t["stamp"])]]
-        kept = set()
-        for shard in shards:
-            try:
-                if shard.name in names and _stamp(os.stat(self.folder / shard.name)) == shard.stamp:
-                    kept.add(shard.name)
-            except OSError:
-                pass
-        self.shards, self.runs, self.seen = shards, runs, {sh.name for sh in shards}
-        self.forget(self.seen - kept)
+        try:
+            base, shards = _Base.open(fd)
+        except Exception:  # torn, damaged or foreign: the shards themselves are the truth
+            os.close(fd)
+            return
+        dead = np.ones(len(shards), bool)
+        for number, shard in enumerate(shards):
+            with suppress(OSError):
+                dead[number] = shard.name not in names or _stamp(os.stat(self.folder / shard.name)) != shard.stamp
+        self.base, self.shards, self.dead = base, shards, dead
+        self.seen = {shard.name for shard, gone in zip(shards, dead) if not gone}
 
     def compact(self, queries: int) -> None:
-        """Merge all runs into one when that costs little next to looking up ``queries`` keys
+        """Merge all delta runs into one when that costs little next to looking up ``queries`` keys
         (reads come after writes: the runs a write built up are merged once, and every later
         look-up searches one run)."""
-        if sum(len(run.keys) for run in self.runs) <= 4 * queries:
+        if self.delta() <= 4 * queries:
             self.merge()
 
     def merge(self) -> None:
-        """All runs into one."""
+        """All delta runs into one."""
         if len(self.runs) > 1:
             merged = self.runs[0]
             for run in self.runs[1:]:
@@ -388,6 +566,7 @@ class _Index:
         self.close(names)
         numbers = [i for i, shard in enumerate(self.shards) if shard.name in names]
         if numbers:
+            self.dead[numbers] = True
             self.runs = [_Run(r.keys[keep], r.heads[keep], r.shard[keep], r.row[keep]) for r in self.runs
                          for keep in [~np.isin(r.shard, numbers)]]
         self.seen -= names
@@ -410,6 +589,8 @@ class _Index:
         shard = np.full(len(keys), -1, dtype=np.int32)
         row = np.zeros(len(keys), dtype=np.int32)
         found = np.zeros(len(keys), dtype=bool)
+        if self.base:
+            shard, row, found = self._find_in_base(keys, heads)
         for run in self.runs:
             pos, here = run.find(keys, heads)
             here &= ~found
@@ -420,9 +601,22 @@ class _Index:
         return shard[unsorted], row[unsorted], found[unsorted]
 
     def __len__(self) -> int:
-        if len(self.runs) < 2:
-            return sum(len(run.keys) for run in self.runs)
-        return len(np.unique(np.concatenate([run.keys for run in self.runs])))  # two writers may have raced on a key
+        """Distinct keys stored: the base's entries in live shards, and the delta's keys not among them."""
+        self.merge()  # two writers may have raced on a key
+        delta = self.runs[0].keys if self.runs else np.zeros(0, KEY_DTYPE)
+        if not self.base:
+            return len(delta)
+        count = int(self.base.counts[~self.dead[:len(self.base.counts)]].sum()) + len(delta)
+        for lo in range(0, len(delta), LOCATE_BLOCK):
+            block = delta[lo:lo + LOCATE_BLOCK]
+            count -= int(self._find_in_base(block, _heads(block))[2].sum())
+        return count
+
+    def _find_in_base(self, keys: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_Base.find``, where an entry of a dead shard is not found (and hides no newer one in the delta)."""
+        shard, row, found = self.base.find(keys, heads)
+        found[found] = ~self.dead[shard[found]]
+        return shard, row, found
 
 
 _indexes: dict[str, _Index] = {}
@@ -453,7 +647,7 @@ class Store:
             if not self._index.shards and names:
                 self._index.restore(names)
             self._index.forget(self._index.seen - names)
-            read = []
+            read, pending = [], 0
             for name in sorted(names - self._index.seen):
                 try:
                     f = self._index.open(name)
@@ -466,8 +660,13 @@ class Store:
                     self._quarantine(name, f"unreadable ({type(exc).__name__}: {exc})")
                     continue
                 read.append((_Shard(name, len(keys), offset, stamp), keys))
+                pending += len(keys)
+                if pending >= DELTA_MIN:  # many shards to read (no saved index): a piece at a time
+                    self._index.add(read)
+                    read, pending = [], 0
+                    if self._index.delta_full():
+                        self._index.save()
             self._index.add(read)
-            self._index.unsaved += len(read)
             self._index.save_if_due()
 
     def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

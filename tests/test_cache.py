@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import featx
-from featx.cache import EmbeddingCache
+from featx.cache import SNAPSHOT, EmbeddingCache
 from featx.datasets import as_samples
 from featx.errors import CacheError
 from featx.extraction import extract
@@ -408,7 +410,7 @@ def new_process(monkeypatch):
 
 def test_a_new_process_reads_the_saved_index_instead_of_every_shard(cache_dir, new_process):
     store, keys = _filled_store(cache_dir)
-    assert (store.path / "index.npz").is_file()
+    assert (store.path / SNAPSHOT).is_file()
     opened = new_process()
     fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
     np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
@@ -420,7 +422,7 @@ def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_
     import h5py
 
     store, keys = _filled_store(cache_dir)
-    saved = (store.path / "index.npz").read_bytes()
+    saved = (store.path / SNAPSHOT).read_bytes()
     more = np.asarray([f"{i:032x}" for i in range(1000, 1040)], dtype="S32")
     store.put(more, np.full((40, 3), 5, np.float32))
     shards = sorted(store.path.glob("shard-*.h5"))
@@ -432,7 +434,7 @@ def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_
         f.create_dataset("keys", data=replaced_keys)
         f.create_dataset("vectors", data=np.full((len(replaced_keys), 3), 7, np.float32))
         f.attrs["fingerprint"] = "fp"
-    (store.path / "index.npz").write_bytes(saved)  # as saved before all this
+    (store.path / SNAPSHOT).write_bytes(saved)  # as saved before all this
     opened = new_process()
     fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
     everything = np.concatenate([keys, more])
@@ -447,7 +449,7 @@ def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped byte"])
 def test_a_damaged_saved_index_is_ignored_and_written_again(cache_dir, new_process, damage):
     store, keys = _filled_store(cache_dir)
-    path = store.path / "index.npz"
+    path = store.path / SNAPSHOT
     data = bytearray(path.read_bytes())
     if damage == "flipped byte":
         data[len(data) // 2] ^= 0x01
@@ -461,13 +463,162 @@ def test_a_damaged_saved_index_is_ignored_and_written_again(cache_dir, new_proce
 
 
 def test_an_index_that_cannot_be_saved_costs_nothing_but_speed(cache_dir, monkeypatch):
+    import featx.cache as cache_module
+
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "savez", full_disk)
+    monkeypatch.setattr(cache_module._Index, "_write", full_disk)
     store, keys = _filled_store(cache_dir)
     np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
-    assert not (store.path / "index.npz").exists() and not list(store.path.glob(".tmp-*"))
+    assert not (store.path / SNAPSHOT).exists() and not list(store.path.glob(".tmp-*"))
+
+
+def _vectors(values):
+    return np.asarray(values, np.float32)[:, None]
+
+
+def test_a_saved_index_is_searched_page_by_page_on_disk(cache_dir, new_process, monkeypatch):
+    import featx.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "PAGE", 4)
+    monkeypatch.setattr(cache_module, "READ_PAGES", 3)
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    same_head = [f"samehead{i:03d}" for i in range(0, 120, 2)]  # all share their first 8 bytes, over many pages
+    hexes = [f"{i:032x}" for i in range(0, 300, 3)]
+    keys = np.asarray(same_head + hexes, dtype="S32")
+    for lo in range(0, len(keys), 40):
+        store.put(keys[lo:lo + 40], _vectors(np.arange(lo, min(lo + 40, len(keys)))))
+    store.get(keys)
+    opened = new_process()
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    absent = [f"samehead{i:03d}" for i in range(1, 120, 2)] + [f"{i:032x}" for i in range(1, 300, 3)]
+    asked = np.asarray(list(keys[::-1]) + absent + ["samehead", "samehead999", "0", "zzz"], dtype="S32")
+    assert fresh.contains(asked).tolist() == [True] * len(keys) + [False] * (len(absent) + 4)
+    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
+    base = fresh._index.base
+    assert opened == [] and fresh._index.runs == [] and base.count == len(keys) == len(fresh)
+    assert len(base.fences) == len(keys) // 4  # one first key per page held in memory, no entries
+
+
+def test_the_base_entry_of_a_key_wins_over_a_newer_one_in_memory(cache_dir, monkeypatch):
+    import featx.cache as cache_module
+
+    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self: None)  # saved below, by hand
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    store.put(["a", "b"], _vectors([1, 2]))
+    store.contains(["a"])
+    index = store._index
+    index.save()  # the base
+    store.put(["b", "c"], _vectors([20, 3]))  # a racing writer stored "b" again
+    store.contains(["a"])
+    assert (index.base.count, index.delta()) == (2, 2)
+    np.testing.assert_array_equal(store.get(["c", "b", "a"])[:, 0], [3, 2, 1])
+    assert len(store) == 3
+    index.save()
+    assert (index.base.count, index.delta()) == (3, 0)
+    np.testing.assert_array_equal(store.get(["c", "b", "a"])[:, 0], [3, 2, 1])
+
+
+def test_a_dead_shards_base_entries_hide_no_newer_copy_and_are_not_counted(cache_dir, new_process, monkeypatch):
+    import featx.cache as cache_module
+
+    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self: None)  # saved below, by hand
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    store.put(["a", "b"], _vectors([1, 2]))
+    store.put(["c"], _vectors([3]))
+    store.contains(["a"])
+    store._index.save()
+    assert store._index.base.count == 3
+    store.put(["b", "d"], _vectors([20, 4]))  # "b" again, and "d" twice, in the delta
+    store.put(["d", "e"], _vectors([40, 5]))
+    assert len(store) == 5
+    first = min(store.path.glob("shard-*.h5"))
+    first.unlink()  # the shard of "a" and the base's "b" is removed by hand
+    assert len(store) == 4
+    assert store.contains(["a", "b", "c", "d", "e"]).tolist() == [False, True, True, True, True]
+    np.testing.assert_array_equal(store.get(["b", "d", "e", "c"])[:, 0], [20, 4, 5, 3])
+    store._index.save()  # the rewritten base drops the dead entries
+    assert (store._index.base.count, store._index.delta(), len(store)) == (4, 0, 4)
+    new_process()
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    np.testing.assert_array_equal(fresh.get(["b", "d", "e", "c"])[:, 0], [20, 4, 5, 3])
+    assert len(fresh) == 4 and not fresh.contains(["a"]).any()
+
+
+def test_the_delta_in_memory_stays_bounded_and_spills_to_disk(cache_dir, new_process, monkeypatch):
+    import featx.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "DELTA_MIN", 100)
+    monkeypatch.setattr(cache_module, "DELTA_MAX", 200)
+    monkeypatch.setattr(cache_module, "PAGE", 4)  # rewrites stream many pieces of the base
+    monkeypatch.setattr(cache_module, "READ_PAGES", 3)
+    held = []
+    add = cache_module._Index.add
+    monkeypatch.setattr(cache_module._Index, "add", lambda self, shards: (add(self, shards), held.append(self.delta())))
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    keys = np.asarray([f"{i * 7919 % 4000:032x}" for i in range(4000)], dtype="S32")  # each put spread over the base
+    for lo in range(0, len(keys), 40):  # a long sequence of puts, each looked at
+        store.put(keys[lo:lo + 40], _vectors(np.arange(lo, lo + 40)))
+        assert store.contains(keys[lo:lo + 40]).all()
+    assert len(held) == 100 and max(held) <= 200 + 40  # never more than the bound and one shard
+    assert store._index.base.count + store._index.delta() == len(keys) == len(store)
+    for lo in range(0, len(keys), 400):  # all stored again by a racing writer: the first copies still win
+        store.put(keys[lo:lo + 400], _vectors(np.full(400, -1)))
+        store.contains(keys[:1])
+    assert max(held) <= 200 + 400 and len(store) == len(keys)
+    np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
+    store._index.save()
+    assert (store._index.base.count, store._index.delta()) == (len(keys), 0)
+    (store.path / SNAPSHOT).unlink()
+    held.clear()
+    opened = new_process()  # no saved index: every shard read, the delta spilled as it goes
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
+    assert len(opened) == 110 and max(held) <= 200 + 100 + 400  # the bound, and a piece of up to 100 keys and a shard
+    assert fresh._index.base.count >= 3000 and len(fresh) == len(keys)
+
+
+def test_a_newer_saved_index_renamed_over_the_path_leaves_a_process_searching_its_own(cache_dir, new_process):
+    store, keys = _filled_store(cache_dir)
+    new_process()
+    other = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)  # another process, searching the saved base
+    assert other.contains(keys).all() and other._index.base.count == len(keys)
+    more = np.asarray([f"{i:032x}" for i in range(1000, 1040)], dtype="S32")
+    store.put(more, np.full((40, 3), 5, np.float32))
+    store.contains(more)
+    store._index.save()  # the first process renames a newer base over the path
+    assert os.fstat(other._index.base.fd).st_ino != (store.path / SNAPSHOT).stat().st_ino
+    np.testing.assert_array_equal(other.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
+    np.testing.assert_array_equal(other.get(more), 5)  # the new shard read from its file
+    assert len(other) == len(store) == len(keys) + 40
+
+
+def test_the_saved_index_is_searched_where_the_platform_has_no_preadv(cache_dir, new_process, monkeypatch):
+    monkeypatch.delattr(os, "preadv")
+    store, keys = _filled_store(cache_dir)
+    new_process()
+    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])  # vectors through HDF5
+    assert fresh._index.base.count == len(keys) and fresh._index.runs == []  # no shard's keys read again
+
+def test_a_delta_that_cannot_spill_keeps_answering_from_memory(cache_dir, monkeypatch):
+    import featx.cache as cache_module
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(cache_module, "DELTA_MIN", 100)
+    monkeypatch.setattr(cache_module, "DELTA_MAX", 100)
+    monkeypatch.setattr(cache_module._Index, "_write", read_only)
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    keys = np.asarray([f"{i:032x}" for i in range(2000)], dtype="S32")
+    for lo in range(0, len(keys), 40):
+        store.put(keys[lo:lo + 40], _vectors(np.arange(lo, lo + 40)))
+        store.contains(keys[:1])
+    assert store._index.base is None and store._index.delta() == len(keys) == len(store)
+    np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
+    assert not list(store.path.glob(".tmp-*")) and not (store.path / SNAPSHOT).exists()
 
 
 def test_a_new_process_finds_the_keys_of_a_list_in_the_cache_folder(key_memo, counting, cache_dir):
