@@ -91,8 +91,8 @@ class _Names(Sequence[str]):
         return f"{self.modality}[{i % len(self)}]"
 
 
-# An input up to this size gets all its keys at once (kept, and remembered for a list of short
-# texts); a larger one is hashed block by block as extraction reaches it, its keys never all held.
+# A list of texts up to this size gets all its keys at once (kept, and remembered if its texts are
+# short); a larger one is hashed block by block as extraction reaches it, its keys never all held.
 KEEP_KEYS = 1 << 16
 
 
@@ -313,6 +313,8 @@ def _save_keys(folder: Path, whole: bytes, keys: np.ndarray) -> None:
 
 
 def _image_samples(X: list) -> Samples:
+    """Images are checked for their type now and read (hashed) when their keys are first needed:
+    by extraction, a block at a time, so files are never all read before the first is embedded."""
     from PIL import Image
 
     for i, x in enumerate(X):
@@ -321,20 +323,17 @@ def _image_samples(X: list) -> Samples:
                 f"sample {i} is {type(x).__name__}, but this backbone embeds images: pass file paths, "
                 f"PIL images or uint8 arrays"
             )
-    samples = Samples("image", X, None)
-    if len(X) <= KEEP_KEYS:
-        samples.keys  # read and checked now; a larger input is, block by block, as extraction reaches it
-    return samples
+    return Samples("image", X, None)
 
 
 def _image_keys(X: Sequence[Any], names: Sequence[str]) -> np.ndarray:
     """Content keys of image files (their bytes) and in-memory images (RGB pixels and shape)."""
-    digests = []
+    digests = np.empty(len(X), dtype="S16")
     for i, x in enumerate(X):
         if isinstance(x, (str, os.PathLike)):
             try:
                 with open(x, "rb") as f:
-                    digests.append(_hash(b"file", f.read()))
+                    digests[i] = _hash(b"file", f.read())
             except OSError as exc:
                 raise BadInputError(f"cannot read image file {os.fspath(x)!r}: {exc.strerror or exc}") from None
             continue
@@ -342,7 +341,7 @@ def _image_keys(X: Sequence[Any], names: Sequence[str]) -> np.ndarray:
             pixels = _pixels(x)
         except BadInputError as exc:
             raise BadInputError(f"{names[i]}: {exc}") from None
-        digests.append(_hash(b"pixels", str(pixels.shape).encode(), pixels.tobytes()))
+        digests[i] = _hash(b"pixels", str(pixels.shape).encode(), pixels.tobytes())
     return _hex_keys(digests)
 
 

@@ -243,10 +243,8 @@ def test_skip_policy_reports_every_skipped_file(tmp_path):
 
 
 def test_an_unreadable_sample_repeated_in_later_blocks_is_reported_for_each(tmp_path, monkeypatch):
-    import featx.datasets as datasets
     import featx.extraction as extraction
 
-    monkeypatch.setattr(datasets, "KEEP_KEYS", 2)
     monkeypatch.setattr(extraction, "BLOCK", 2)
     bad, copy = write(tmp_path / "bad.jpg", b"not a jpeg"), write(tmp_path / "copy.jpg", b"not a jpeg")
     Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "dark.png")
