@@ -56,6 +56,7 @@ TMP_TIMEOUT = 600.0  # seconds before an orphaned temporary shard is garbage
 OPEN_SHARDS = 16  # read handles kept open per store
 LOCATE_BLOCK = 1 << 16  # keys looked up at a time
 SNAPSHOT = "index.bin"  # the index as last saved, searched on disk: see _Base
+FORMER_SNAPSHOT = "index.npz"  # the whole-index snapshot of earlier versions: removed once SNAPSHOT is written
 RECORD = np.dtype([("key", KEY_DTYPE), ("shard", "<i4"), ("row", "<i4")])  # one entry of the saved index
 PAGE = 512  # records per page of the saved index (20 kB): the unit a look-up reads
 READ_PAGES = 32  # pages read at a time by a look-up, a check or a rewrite of the saved index
@@ -492,6 +493,8 @@ class _Index:
             self.retry_at = 2 * self.delta()  # a full disk is not tried again at every look-up
             return
         self.base, self.runs, self.retry_at = _Base(fd, tally), [], 0
+        with suppress(OSError):
+            (self.folder / FORMER_SNAPSHOT).unlink(missing_ok=True)
 
     def _write(self, out) -> _Tally:
         """Stream the merged base and delta to ``out`` as records, then the shard table and the

@@ -462,6 +462,14 @@ def test_a_damaged_saved_index_is_ignored_and_written_again(cache_dir, new_proce
     assert opened == []  # the index was saved whole again
 
 
+def test_the_snapshot_of_earlier_versions_is_removed_once_the_index_is_saved(cache_dir):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    (store.path / "index.npz").write_bytes(b"a whole-index snapshot as featx wrote it before")
+    store.put(["k1"], np.ones((1, 3), np.float32))
+    assert store.contains(["k1"]).all()  # indexed, and saved as index.bin
+    assert (store.path / "index.bin").is_file() and not (store.path / "index.npz").exists()
+
+
 def test_an_index_that_cannot_be_saved_costs_nothing_but_speed(cache_dir, monkeypatch):
     import featx.cache as cache_module
 
