@@ -74,21 +74,24 @@ def _pixels(image) -> np.ndarray:
 
 class _Names(Sequence[str]):
     """Each sample's name, made on demand (no string kept per sample): an image file's path, else
-    ``<modality>[i]``."""
+    ``<modality>[i]``, ``i`` counted from ``start``.  A block of names is a view of the same kind."""
 
-    def __init__(self, items: Sequence[Any], modality: str) -> None:
-        self.items, self.modality = items, modality
+    def __init__(self, items: Sequence[Any], modality: str, start: int = 0) -> None:
+        self.items, self.modality, self.start = items, modality, start
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+            lo, hi, step = i.indices(len(self))
+            if step == 1:
+                return _Names(self.items[lo:hi], self.modality, self.start + lo)
+            return [self[j] for j in range(lo, hi, step)]
         x = self.items[i]  # IndexError past the end
         if self.modality == "image" and isinstance(x, (str, os.PathLike)):
             return os.fspath(x)
-        return f"{self.modality}[{i % len(self)}]"
+        return f"{self.modality}[{self.start + i % len(self)}]"
 
 
 # A list of texts up to this size gets all its keys at once (kept, and remembered if its texts are

@@ -23,7 +23,7 @@ from .errors import BadInputError, CacheError
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
 TEXT_CHUNK = 1024  # samples per committed shard: a few seconds of work, few files to open when reading back
-BLOCK = 1 << 13  # samples hashed, looked up, embedded and read back at a time: about a megabyte of working arrays
+BLOCK = 1 << 14  # samples hashed, looked up, embedded and read back at a time: a few MB of working arrays
 TUNE_VERSION = 2  # bump when the inference path changes speed: remembered sizes are then tuned again
 
 
