@@ -216,6 +216,21 @@ def _read_stored(store: Store, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
             continue
 
 
+def _read_back(store: Store, keys: np.ndarray, rows: np.ndarray, out: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Copy the stored vectors of ``keys[rows]`` into ``out[rows]``, ``chunk_size`` rows at a time
+    (no second matrix of them), and return their entry numbers in the store."""
+    entries = np.empty(len(rows), np.int64)
+    for at in range(0, len(rows), chunk_size):
+        part = rows[at:at + chunk_size]
+        fresh = np.empty((len(part), out.shape[1]), np.float32)
+        entries[at:at + len(part)] = store.read(keys[part], fresh)
+        out[part] = fresh
+    if (entries < 0).any():
+        raise CacheError(f"sample key {keys[rows[np.argmin(entries)]].decode()} vanished from the cache store "
+                         f"{str(store.path)!r} while being extracted; run the extraction again")
+    return entries
+
+
 class _Distinct:
     """Counts the distinct store entries met, block after block: one flag per row of each shard
     met, so the count costs memory in proportion to the store, not to the input."""
@@ -325,15 +340,7 @@ def extract(
         new = np.flatnonzero(good & ~present)  # embedded just now, by this process or another writer
         for attempt in range(3):  # a shard found damaged while reading is quarantined; embed its samples again
             try:
-                for at in range(0, len(new), chunk_size):  # a shard's worth at a time: no second matrix of the new rows
-                    rows = new[at:at + chunk_size]
-                    fresh = np.empty((len(rows), backbone.dim), np.float32)
-                    found = store.read(keys[rows], fresh)
-                    if (found < 0).any():
-                        raise CacheError(f"sample key {keys[rows][np.argmin(found)].decode()} vanished from the cache "
-                                         f"store {str(store.path)!r} while being extracted; run the extraction again")
-                    out[rows] = fresh
-                    distinct.add(found)
+                distinct.add(_read_back(store, keys, new, out, chunk_size))
                 break
             except DamagedShardError:
                 if attempt == 2:

@@ -315,6 +315,21 @@ def test_an_input_longer_than_a_block_is_extracted_block_by_block(counting, cach
     np.testing.assert_array_equal(result.vectors, whole)
 
 
+def test_a_shard_removed_before_it_is_read_back_is_reported_never_returned_as_garbage(counting, cache_dir, monkeypatch):
+    from featx.cache import Store
+
+    real = Store.put
+
+    def put_then_lose(self, keys, vectors):  # someone deletes the shard right after it is committed
+        real(self, keys, vectors)
+        for shard in self.path.glob("shard-*.h5"):
+            shard.unlink()
+
+    monkeypatch.setattr(Store, "put", put_then_lose)
+    with pytest.raises(CacheError, match="vanished from the cache store .* run the extraction again"):
+        extract(counting, texts(5), cache_dir=cache_dir)
+
+
 def test_text_subclasses_such_as_numpy_strings_get_the_same_keys():
     texts_ = ["a cat", "naïve café"]
     np.testing.assert_array_equal(as_samples(list(np.array(texts_)), "text").keys, as_samples(texts_, "text").keys)
