@@ -165,11 +165,13 @@ def _is_image_like(x: Any) -> bool:
 
 
 def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None) -> Samples:
-    """Validate ``X`` for a backbone of ``modality`` and compute every sample's content key.
+    """Validate ``X`` for a backbone of ``modality``; its samples' content keys come with it.
 
-    The keys of a list of many short texts are remembered by a digest of the whole list, in the
-    process and, given ``keys_dir`` (``extract`` passes ``<cache_dir>/texts``), on disk for the
-    next process: such a list seen again costs one hash of its bytes instead of one per text.
+    A list of up to ``KEEP_KEYS`` texts is hashed now, and if its texts are short its keys are
+    remembered by a digest of the whole list, in the process and, given ``keys_dir`` (``extract``
+    passes ``<cache_dir>/texts``), on disk for the next process: such a list seen again costs one
+    hash of its bytes instead of one per text.  A longer list, and images, are hashed when their
+    keys are first needed (``Samples.keys``, or a block at a time through ``Samples.blocks``).
     """
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
         if modality != "image":

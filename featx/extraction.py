@@ -51,17 +51,20 @@ class Extraction:
 
 
 class Progress:
-    """A one-line progress meter on stderr (silent when ``enabled`` is False)."""
+    """A one-line progress meter on stderr (silent when ``enabled`` is False): samples done out of
+    ``total``, how many of them the cache had, and how fast the others are embedded."""
 
     def __init__(self, total: int, label: str, enabled: bool) -> None:
         self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.done, self.start = 0, time.perf_counter()
+        self.done, self.cached, self.start = 0, 0, time.perf_counter()
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, cached: bool = False) -> None:
         self.done += n
+        self.cached += n if cached else 0
         if self.enabled and n:
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            print(f"\r{self.label}: {self.done}/{self.total} ({rate:.1f}/s)", end="", file=sys.stderr, flush=True)
+            rate = (self.done - self.cached) / max(time.perf_counter() - self.start, 1e-9)
+            print(f"\r{self.label}: {self.done}/{self.total} ({self.cached} cached, {rate:.1f}/s embedded)",
+                  end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self.enabled:
@@ -308,7 +311,7 @@ def extract(
         batch_size = batch_size or backbone.default_batch_size
     chunk_size = chunk_size or (TEXT_CHUNK if samples.modality == "text" else max((batch_size or 32) * 8, 256))
     block = BLOCK if engine == "local" else max(len(samples), 1)  # Ray streams its own batches to one actor pool
-    meter = Progress(len(samples), f"{backbone.name}: samples cached or embedded", progress and engine == "local")
+    meter = Progress(len(samples), backbone.name, progress and engine == "local")
     failed: dict[bytes, str] = {}
 
     def embed(part: Samples, todo: np.ndarray) -> int:
@@ -333,7 +336,7 @@ def extract(
         distinct.add(entries[present])
         hits += int(present.sum())
         todo = _to_embed(part, present)
-        meter.update(len(part) - len(todo))  # hits, and repeats of a missing key
+        meter.update(len(part) - len(todo), cached=True)  # hits, and repeats of a missing key
         if len(todo):
             embedded += embed(part, todo)
         good = ~np.isin(keys, np.asarray(list(failed), dtype=keys.dtype)) if failed else np.ones(len(keys), bool)
