@@ -589,11 +589,10 @@ class _Index:
         heads = _heads(keys)
         order = np.argsort(heads)  # searched in order: each run is walked front to back once
         keys, heads = keys[order], heads[order]
-        shard = np.full(len(keys), -1, dtype=np.int32)
-        row = np.zeros(len(keys), dtype=np.int32)
-        found = np.zeros(len(keys), dtype=bool)
         if self.base:
             shard, row, found = self._find_in_base(keys, heads)
+        else:
+            shard, row, found = np.full(len(keys), -1, np.int32), np.zeros(len(keys), np.int32), np.zeros(len(keys), bool)
         for run in self.runs:
             pos, here = run.find(keys, heads)
             here &= ~found
