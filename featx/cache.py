@@ -2,7 +2,8 @@
 
     cache_dir/
       <store key>/            store key = digest(backbone fingerprint, storage dtype)
-        meta.json             backbone name, fingerprint, dim, dtype, views
+        meta.json             backbone name, fingerprint, dim, dtype, views, options
+        last-used             touched on every read: when the store was last used (``prune``)
         shard-<ns>-<pid>-<rand>.h5   datasets "keys" (n,) S32 and "vectors" (n, dim)
         index.bin             the shards' keys as last indexed, searched on disk page by page (a
                               process holds only its first key per page and what was indexed since):
@@ -164,6 +165,9 @@ class StoreInfo:
     shards: int
     bytes: int
     path: Path
+    options: dict | None = None  # the backbone settings that shaped the vectors (``Backbone.options``)
+    created: str = ""  # ISO UTC
+    last_used: float = 0.0  # epoch seconds of the last read or write
 
 
 def as_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -732,6 +736,8 @@ class Store:
             raise CacheError(f"read: out has shape {out.shape}; pass an array of shape ({len(keys)}, {self.dim}), "
                              f"one row per key")
         self.refresh()
+        with suppress(OSError):  # a read-only cache is still read
+            (self.path / "last-used").touch()
         with self._index.lock:
             self._index.compact(len(keys))
             shard, row, found = self._index.locate(keys)
@@ -906,10 +912,12 @@ class Store:
 
     def info(self) -> StoreInfo:
         shards = list(self.path.glob("shard-*.h5"))
+        stamps = [p.stat().st_mtime for p in (*shards, self.path / "meta.json", self.path / "last-used") if p.exists()]
         return StoreInfo(
             key=self.path.name, name=self.meta.get("name", ""), fingerprint=self.meta["fingerprint"],
             dim=self.dim, dtype=self.dtype, count=len(self), shards=len(shards),
-            bytes=sum(p.stat().st_size for p in shards), path=self.path,
+            bytes=sum(p.stat().st_size for p in shards), path=self.path, options=self.meta.get("options"),
+            created=self.meta.get("created", ""), last_used=max(stamps, default=0.0),
         )
 
 
@@ -924,6 +932,11 @@ class EmbeddingCache:
         """Where the keys of recently seen lists of short texts are kept (``datasets.as_samples``)."""
         return self.root / "texts"
 
+    @property
+    def results_dir(self) -> Path:
+        """Where the sweep keeps its cached cross-validation results."""
+        return self.root / "results"
+
     @staticmethod
     def store_key(fingerprint: str, dtype: str = "float32") -> str:
         from .backbones.base import digest
@@ -931,8 +944,8 @@ class EmbeddingCache:
         return digest("featx-store-v1", fingerprint, dtype)
 
     def store(self, fingerprint: str, *, name: str, dim: int, dtype: str = "float32",
-              views: dict[str, slice] | None = None) -> Store:
-        """The store for a backbone ``fingerprint`` (created on first use)."""
+              views: dict[str, slice] | None = None, options: dict | None = None) -> Store:
+        """The store for a backbone ``fingerprint`` (created on first use, recording ``options``)."""
         if dtype not in STORAGE_DTYPES:
             raise CacheError(f"storage dtype {dtype!r} is not supported; use one of {STORAGE_DTYPES}")
         path = self.root / self.store_key(fingerprint, dtype)
@@ -943,6 +956,7 @@ class EmbeddingCache:
             "format": "featx-store-v1", "name": name, "fingerprint": fingerprint, "dim": int(dim),
             "dtype": dtype, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "views": {k: [s.start, s.stop] for k, s in (views or {"all": slice(0, dim)}).items()},
+            "options": options,
         }
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -973,3 +987,21 @@ class EmbeddingCache:
             what = "no store" if not matches else f"{len(matches)} stores"
             raise CacheError(f"{what} in {str(self.root)!r} match {prefix!r}; see `featx cache ls`")
         return matches[0]
+
+    def remove(self, prefix: str) -> StoreInfo:
+        """Delete the store matching ``prefix`` (as ``find``) and return what it held."""
+        import shutil
+
+        store = self.find(prefix)
+        info = store.info()
+        doomed = store.path.with_name(f".removing-{store.path.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(store.path, doomed)  # readers see the whole store or none of it
+        with _indexes_lock:
+            _indexes.pop(os.path.realpath(store.path), None)
+        shutil.rmtree(doomed)
+        return info
+
+    def prune(self, older_than: float) -> list[StoreInfo]:
+        """Delete every store not used for ``older_than`` seconds; return what was removed."""
+        cutoff = time.time() - older_than
+        return [self.remove(store.path.name) for store in self.stores() if store.info().last_used < cutoff]
