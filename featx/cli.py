@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,10 +26,9 @@ from pathlib import Path
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# Python words in API messages -> the flags that do the same on the command line
-CLI_WORDS = (("errors='skip'", "--errors skip"), ("errors=\"skip\"", "--errors skip"),
-             ("text_column=", "--text-column"), ("label_column=", "--label-column"),
-             ("head_params=", "--head-param"), ("backbone_options=", "-o KEY=VALUE"))
+# the API's parameters named in its messages -> the flags that do the same on the command line
+FLAGS = {"errors": "--errors", "device": "--device", "text_column": "--text-column", "label_column": "--label-column",
+         "backbone_options": "-o", "head_params": "--head-param"}
 
 
 # -- argument types: argparse turns their errors into usage errors (exit 2) -----------------------
@@ -798,15 +798,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_value(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def cli_words(message: str) -> str:
-    """An API message in command-line words.
+    """An API message in command-line words: ``name=value`` of a parameter in ``FLAGS`` becomes its flag.
 
     >>> cli_words("Fix or remove them, or pass errors='skip' to leave them out.")
     'Fix or remove them, or pass --errors skip to leave them out.'
+    >>> cli_words("pass backbone_options={'pretrained': False} if random weights are intended")
+    'pass -o pretrained=false if random weights are intended'
     """
-    for python, flag in CLI_WORDS:
-        message = message.replace(python, flag)
-    return message
+
+    def flag(match: re.Match) -> str:
+        name, text = FLAGS[match[1]], match[2]
+        try:
+            value = ast.literal_eval(text) if text else None
+        except (ValueError, SyntaxError):
+            value = text
+        if isinstance(value, dict):
+            return " ".join(f"{name} {k}={_flag_value(v)}" for k, v in value.items())
+        return name if value is None else f"{name} {_flag_value(value)}"
+
+    return re.sub(rf"\b({'|'.join(FLAGS)})=(\{{[^}}]*\}}|'[^']*'|\"[^\"]*\"|)", flag, message)
 
 
 def main(argv: list[str] | None = None) -> int:
