@@ -371,7 +371,7 @@ def _estimate(model, X, y, folds: int, args) -> str:
         accuracy = scores["test_accuracy"]
         return (f"{k}-fold cross-validated accuracy {accuracy.mean():.3f} ± {accuracy.std():.3f}, "
                 f"macro-F1 {scores['test_f1_macro'].mean():.3f}")
-    rare = classes[counts.argmin()]
+    rare = str(classes[counts.argmin()])
     train, test = train_test_split(np.arange(len(y)), test_size=0.25, random_state=0)
     if len(np.unique(y[train])) < 2:
         return f"no estimate: too few samples (class {rare!r} has 1)"

@@ -104,6 +104,31 @@ def test_text_fit_predict_with_ids_and_probabilities_then_evaluate(capsys, tmp_p
     assert "confusion matrix" in out and f"accuracy {scores['accuracy']:.3f}" in out
 
 
+def test_fit_gives_a_held_out_score_when_a_class_has_one_sample(capsys, tmp_path, tiny_bert_dir, table):
+    path, rows = table
+    rows.append({"id": "t12", "body": "the big house", "topic": "houses"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run(capsys, "fit", path, "-b", f"hf/{tiny_bert_dir}", "--text-column", "body", "--label-column",
+                         "topic", "--out", tmp_path / "m.featx", "--cache-dir", tmp_path / "c", "-q")
+    assert code == 0, err
+    assert "houses 1, markets 6, pets 6" in out
+    assert re.search(r"held-out accuracy [01]\.\d{3} on 4 of 13 samples \(class 'houses' has a single sample, too "
+                     r"few for cross-validation\)", out)
+
+
+def test_predict_into_a_missing_folder_fails_before_embedding(capsys, tmp_path, image_folder):
+    model, cache = tmp_path / "m.featx", tmp_path / "c"
+    assert run(capsys, "fit", image_folder, "-b", "acme/colorhist", "--cv", "0", "--out", model,
+               "--cache-dir", cache, "-q")[0] == 0
+    (image_folder / "red" / "new.png").write_bytes((image_folder / "red" / "0.png").read_bytes()[:-1] + b"\0")
+    before = featx.EmbeddingCache(cache).stores()[0].info().count
+    code, _, err = run(capsys, "predict", model, image_folder, "--out", tmp_path / "missing" / "p.csv",
+                       "--cache-dir", cache, "-q")
+    assert code == 2 and f"--out {str(tmp_path / 'missing' / 'p.csv')!r}: folder" in err and ".tmp" not in err
+    assert featx.EmbeddingCache(cache).stores()[0].info().count == before  # the new image was not embedded
+    assert not (tmp_path / "missing").exists()
+
+
 def test_a_text_table_for_an_image_backbone_is_named(capsys, tmp_path, table):
     path, _ = table
     code, _, err = run(capsys, "fit", path, "-b", "acme/colorhist", "--text-column", "body", "--label-column",
