@@ -447,7 +447,8 @@ h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.8em 0; }
 td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; }
-#leaderboard td:nth-child(-n+6), #per-class td:first-child, #correlations td:first-child, #correlations td:last-child { text-align: left; }
+#leaderboard td:nth-child(-n+6), #leaderboard th:nth-child(-n+6), #per-class td:first-child,
+#correlations td:first-child, #correlations td:nth-child(3) { text-align: left; }
 tr.best td { background: #eaf5ea; font-weight: 600; }
 tr.total td { background: #f7f7f7; font-style: italic; }
 .badge { background: #b8291e; color: #fff; border-radius: 3px; padding: 0 5px; font-size: 11px; font-weight: 600; white-space: nowrap; }

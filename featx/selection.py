@@ -15,6 +15,7 @@ one backbone to it) recomputes only what is new.
 from __future__ import annotations
 
 import json
+import numbers
 import platform
 import sys
 import time
@@ -111,13 +112,13 @@ def _least_populated(y: np.ndarray) -> tuple[str, int, int]:
 
 
 def _check_cv(cv) -> None:
-    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
+    if isinstance(cv, bool) or not isinstance(cv, numbers.Integral) or cv < 2:
         raise BadInputError(f"cv={cv!r}: cross-validation needs a whole number of folds, at least 2; "
                             f"give e.g. cv=5 (the default)")
 
 
 def _check_test_size(test_size) -> None:
-    if test_size is None or (isinstance(test_size, (int, float)) and not isinstance(test_size, bool)
+    if test_size is None or (isinstance(test_size, numbers.Real) and not isinstance(test_size, bool)
                              and (test_size == 0 or 0 < test_size < 1)):
         return
     raise BadInputError(f"test_size={test_size!r} is not a fraction between 0 and 1: give e.g. test_size=0.3 to hold "
