@@ -184,7 +184,7 @@ def _accuracy_plot(plt, path: Path, rows: list[dict]) -> None:
                                 + [t for t in tests if t is not None]))
     ax.grid(axis="x", color="#e5e5e5")
     ax.set_xlabel("accuracy (axis zoomed to the data)")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)  # above, not on the data
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
