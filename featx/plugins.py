@@ -2,7 +2,9 @@
 
 Entry points in the ``featx`` group are loaded once, lazily, on first use of the registry.
 A plugin that fails to import or whose hook raises is reported (naming it) and skipped;
-the other plugins, built-ins included, keep working.
+the other plugins, built-ins included, keep working.  Built-ins register first and keep their
+names: a plugin registering one of them again (such as the old ``featx-pretrained`` package,
+whose backbones are now built in) is ignored without a warning.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from . import hookspecs
 from .errors import PluginError
 from .registry import Registry
 
-DEFAULT_PLUGINS = ("featx.backbones.timm", "featx.backbones.hf")
+DEFAULT_PLUGINS = ("featx.backbones.timm", "featx.backbones.hf", "featx.backbones.pretrained")
 
 _lock = threading.Lock()
 _pm: pluggy.PluginManager | None = None
@@ -66,7 +68,7 @@ def get_registry() -> Registry:
     pm = get_plugin_manager()
     with _lock:
         if _registry is None:
-            registry = Registry()
+            registry = Registry(builtins=DEFAULT_PLUGINS)
             for impl in pm.hook.featx_register_backbones.get_hookimpls():  # built-ins first
                 try:
                     impl.function(register=registry.registrar(impl.plugin_name))

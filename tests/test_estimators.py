@@ -13,6 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import featx
 from featx.errors import BadInputError, UnknownHeadError
+from featx.datasets import load_image_folder
 from featx.heads import HEADS, make_head
 
 from conftest import CountingTextBackbone
@@ -125,7 +126,7 @@ def test_images_for_a_text_backbone_are_refused(cache_dir, image_folder):
 
 
 def test_save_load_round_trip(tmp_path, cache_dir, image_folder):
-    paths, labels = featx.datasets.load_image_folder(image_folder)
+    paths, labels = load_image_folder(image_folder)
     clf = featx.TransferClassifier("acme/colorhist", head="svm", backbone_options={"bins": 4}, cache_dir=cache_dir)
     clf.fit(paths, labels)
     path = featx.save(clf, tmp_path / "model.featx")
@@ -137,11 +138,12 @@ def test_save_load_round_trip(tmp_path, cache_dir, image_folder):
     import zipfile
 
     manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
-    assert manifest["backbone"] == "acme/colorhist" and manifest["fingerprint"] == clf.fingerprint_
+    assert manifest["backbones"] == [{"name": "acme/colorhist", "fingerprint": clf.fingerprint_}]
+    assert manifest["classes"] == ["blue", "red"] and manifest["estimator"] == "featx.estimators.TransferClassifier"
 
 
 def test_load_refuses_a_changed_backbone(tmp_path, cache_dir, image_folder):
-    paths, labels = featx.datasets.load_image_folder(image_folder)
+    paths, labels = load_image_folder(image_folder)
     clf = featx.TransferClassifier("acme/colorhist", backbone_options={"bins": 4}, cache_dir=cache_dir).fit(paths, labels)
     path = featx.save(clf, tmp_path / "model.featx")
     with pytest.raises(BadInputError, match="fingerprint"):
@@ -153,13 +155,13 @@ def test_load_refuses_untrusted_head(tmp_path, cache_dir, image_folder):
 
     import skops.io as sio
 
-    paths, labels = featx.datasets.load_image_folder(image_folder)
+    paths, labels = load_image_folder(image_folder)
     clf = featx.TransferClassifier("acme/colorhist", cache_dir=cache_dir).fit(paths, labels)
     path = featx.save(clf, tmp_path / "model.featx")
     tampered = tmp_path / "tampered.featx"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
         dst.writestr("manifest.json", src.read("manifest.json"))
-        dst.writestr("head.skops", sio.dumps(CountingTextBackbone()))  # a non-sklearn object
+        dst.writestr("model.skops", sio.dumps(CountingTextBackbone()))  # a non-sklearn object
     with pytest.raises(BadInputError, match="refusing to load"):
         featx.load(tampered)
 
