@@ -34,13 +34,11 @@ class Registration:
 
 
 class Registry:
-    """The names every plugin registered, in registration order; the first registration of a name
-    is kept.  A name registered twice by third-party plugins is warned about; a third-party plugin
-    registering a name of one of the ``builtins`` plugins again is ignored quietly (built-ins win)."""
+    """The names every plugin registered, in registration order (built-ins first); the first
+    registration of a name is kept."""
 
-    def __init__(self, builtins: tuple[str, ...] = ()) -> None:
+    def __init__(self) -> None:
         self._entries: dict[str, Registration] = {}
-        self.builtins = builtins
 
     def registrar(self, plugin: str) -> Callable[..., None]:
         """The ``register`` callable handed to one plugin's hook (it records who registered what)."""
@@ -53,8 +51,6 @@ class Registry:
                 )
             if name in self._entries:
                 first = self._entries[name].plugin
-                if first in self.builtins:
-                    return
                 warnings.warn(
                     f"backbone {name!r} is registered by both {first!r} and {plugin!r}; "
                     f"keeping the one from {first!r}",
