@@ -43,6 +43,10 @@ class _Head(ClassifierMixin, BaseEstimator):
     def _build(self):
         raise NotImplementedError
 
+    def _fit_params(self, y) -> dict:
+        """Keyword arguments of the pipeline's ``fit`` (none by default)."""
+        return {}
+
     def fit(self, X, y):
         """Fit on embeddings.
 
@@ -60,7 +64,7 @@ class _Head(ClassifierMixin, BaseEstimator):
         validate_params(self)
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
-        self.model_ = self._build().fit(X, y)
+        self.model_ = self._build().fit(X, y, **self._fit_params(y))
         self.classes_ = self.model_.classes_
         n_iter = getattr(self.model_[-1], "n_iter_", None)
         if n_iter is not None:
@@ -147,8 +151,17 @@ class SVMHead(_Head):
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
 
-        svm = SVC(C=self.C, kernel=self.kernel, gamma=self.gamma, class_weight=self.class_weight, random_state=0)
+        svm = SVC(C=self.C, kernel=self.kernel, gamma=self.gamma, random_state=0)
         return make_pipeline(StandardScaler(), CalibratedClassifierCV(svm, ensemble=False, cv=3))
+
+    def _fit_params(self, y) -> dict:
+        """``class_weight`` as sample weights, so that both the SVM and its calibration see them
+        (weights given to the SVM alone are undone by calibrating on unweighted folds)."""
+        if self.class_weight is None:
+            return {}
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        return {"calibratedclassifiercv__sample_weight": compute_sample_weight(self.class_weight, y)}
 
 
 class MLPHead(_Head):

@@ -41,16 +41,7 @@ class WordBackbone(CountingTextBackbone):
         return np.asarray([[float(t.split()[0] == w) for w in WORDS] + [0.0, 0.0] for t in items], dtype=np.float32)
 
 
-def _known_failures(estimator):
-    if type(estimator).__name__ == "SVMHead":  # libsvm needs writable arrays, as for sklearn's own SVC
-        return {
-            "check_estimators_pickle": "libsvm cannot predict from read-only memmaps (the plain pickle variant passes)",
-            "check_class_weight_classifiers": "Platt calibration on held-out folds re-balances the predicted classes",
-        }
-    return {}
-
-
-@parametrize_with_checks([make_head(name) for name in HEADS], expected_failed_checks=_known_failures)
+@parametrize_with_checks([make_head(name) for name in HEADS])
 def test_heads_are_sklearn_estimators(estimator, check):
     check(estimator)
 
