@@ -132,7 +132,8 @@ class _Embeds:
             warnings.warn(
                 f"backbone {backbone.name!r} has random weights (no weights file): its features are a baseline, "
                 f"not transferred knowledge. Use a pretrained backbone (the default backbone='auto' picks one), or "
-                f"pass backbone_options={{'pretrained': False}} if random weights are intended.",
+                f"pass backbone_options={{'pretrained': False}} if random weights are intended (for a Backbone "
+                f"instance: warnings.filterwarnings('ignore', category=featx.RandomInitWarning)).",
                 RandomInitWarning, stacklevel=3,
             )
 
