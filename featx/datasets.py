@@ -199,10 +199,16 @@ def sample_list(X: Any) -> list:
     return list(X)
 
 
+def _checked(input: str) -> str:
+    if input not in INPUTS:
+        raise BadInputError(f"input={input!r}: use 'auto', 'text' or 'image'")
+    return input
+
+
 def _first_image_file(X: list) -> int | None:
     """Index of the first item that is an existing image file, or None.  Only strings ending in an
-    image suffix are looked up (found by a scan that runs in C: ~25 ms per 100k texts), and at
-    most ``PATH_CHECKS`` of them: a list of paths has its first one on disk."""
+    image suffix are looked up (found by a scan that runs in C: measured 1-2 ms per 10k texts,
+    20-70 ms per 100k), and at most ``PATH_CHECKS`` of them: a list of paths has its first one on disk."""
     try:
         for looked, i in enumerate(compress(count(), map(str.endswith, X, repeat(_SUFFIXES_ANY_CASE)))):
             if looked == PATH_CHECKS:
@@ -221,9 +227,7 @@ def infer_modality(X: Any, input: str = "auto") -> str:
     >>> infer_modality(["a cat", "a dog"]), infer_modality(np.zeros((2, 8, 8, 3), np.uint8))
     ('text', 'image')
     """
-    if input not in INPUTS:
-        raise BadInputError(f"input={input!r}: use 'auto', 'text' or 'image'")
-    if input != "auto":
+    if _checked(input) != "auto":
         return input
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
         return "image"
@@ -254,9 +258,7 @@ def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None,
     owner = f"backbone {backbone!r}" if backbone else "this backbone"
     if modality not in ("image", "text"):
         raise BadInputError(f"unknown modality {modality!r}: a backbone's modality is 'image' or 'text'")
-    if input not in INPUTS:
-        raise BadInputError(f"input={input!r}: use 'auto', 'text' or 'image'")
-    if input not in ("auto", modality):
+    if _checked(input) not in ("auto", modality):
         raise BadInputError(f"input={input!r} but {owner} embeds {modality}s: choose "
                             f"{'an image' if input == 'image' else 'a text'} backbone (see `featx backbones`)")
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
