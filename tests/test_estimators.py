@@ -186,6 +186,7 @@ def test_parameter_constraints_cover_every_parameter():
         assert set(estimator._parameter_constraints) == set(estimator.get_params(deep=False)), type(estimator).__name__
 
 
+@pytest.mark.integration
 def test_auto_backbone_is_chosen_by_what_X_holds(image_folder, cache_dir):
     paths, _ = load_image_folder(image_folder)
     assert featx.Embedder(cache_dir=cache_dir).fit(paths).backbone_name_ == "timm/tf_efficientnet_lite0"

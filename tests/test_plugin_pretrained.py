@@ -41,6 +41,7 @@ def test_a_former_plugin_still_installed_is_not_loaded(monkeypatch):
         plugins.reset()
 
 
+@pytest.mark.integration
 def test_random_init_and_options_are_reported():
     lite0 = featx.create_backbone("timm/tf_efficientnet_lite0", image_size=96)
     assert not lite0.random_init and lite0.options["weights"].endswith((".pth", ".pt", ".bin", ".safetensors"))
