@@ -38,7 +38,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones.base import Backbone, TorchBackbone, digest
+from ._fs import digest
+from .backbones.base import Backbone, TorchBackbone
 from .errors import BadInputError
 
 STRATEGIES = ("full", "freeze", "llrd", "gradual", "lp-ft")

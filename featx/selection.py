@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backbones.base import Backbone, digest, write_json_atomic
+from ._fs import digest, write_json_atomic
+from .backbones.base import Backbone
 from .cache import EmbeddingCache
 from .errors import BadInputError
 from .heads import HEADS, head_name, make_head
