@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile plugins/*/pyproject.toml
 	$(PIP) install --no-deps $(addprefix -e ,$(wildcard plugins/*/))
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/featx demo
+demo: $(STAMP)  # rewrites docs/demo/: the curves and table the README shows
+	$(VENV)/bin/featx demo --out-dir docs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

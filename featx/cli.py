@@ -280,7 +280,7 @@ def cmd_finetune(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(cache_dir=args.cache_dir, quick=args.quick)
+    return run_demo(cache_dir=args.cache_dir, quick=args.quick, out_dir=args.out_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="real transfer learning on shipped data and models")
     p.add_argument("--cache-dir", help="default: ./cache")
-    p.add_argument("--quick", action="store_true", help="smaller subsets (about a minute)")
+    p.add_argument("--quick", action="store_true", help="smaller subsets and 3 draws per point")
+    p.add_argument("--out-dir", default="runs/demo", help="where curves.png, results.md, index.html go (default: runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
 
