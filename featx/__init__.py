@@ -20,10 +20,10 @@ _EXPORTS = {
     "Backbone": "backbones.base", "TorchBackbone": "backbones.base", "TimmBackbone": "backbones.timm",
     "HFBackbone": "backbones.hf", "digest": "_fs", "file_digest": "_fs", "EmbeddingCache": "cache", "Store": "cache",
     "Embedder": "estimators", "TransferClassifier": "estimators", "extract": "extraction",
-    "Extraction": "extraction", "ExtractStats": "extraction", "hookimpl": "hookspecs", "finetune": "finetuning",
-    "FineTunedClassifier": "finetuning", "FineTuneResult": "finetuning", "sweep": "selection",
-    "SweepResult": "selection", "load": "persist", "save": "persist", "create_backbone": "registry",
-    "list_backbones": "registry", "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors",
+    "Extraction": "extraction", "ExtractStats": "extraction", "hookimpl": "plugins.hookspecs", "finetune": "finetuning",
+    "FineTunedClassifier": "finetuning", "FineTuneResult": "finetuning", "sweep": "selection.sweep",
+    "SweepResult": "selection.sweep", "load": "persist", "save": "persist", "create_backbone": "plugins.registry",
+    "list_backbones": "plugins.registry", "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors",
     "PluginError": "errors", "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
     "RandomInitWarning": "errors",
 }
@@ -41,10 +41,10 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name load
     from .estimators import Embedder, TransferClassifier
     from .extraction import Extraction, ExtractStats, extract
     from .finetuning import FineTunedClassifier, FineTuneResult, finetune
-    from .hookspecs import hookimpl
+    from .plugins.hookspecs import hookimpl
     from .persist import load, save
-    from .registry import create_backbone, list_backbones
-    from .selection import SweepResult, sweep
+    from .plugins.registry import create_backbone, list_backbones
+    from .selection.sweep import SweepResult, sweep
 
 
 def __getattr__(name: str):

@@ -61,7 +61,7 @@ def _estimator_kwargs(args) -> dict:
 
 def _dataset_for(args, backbone):
     """Load ``args.data`` and check it holds what ``backbone`` embeds."""
-    from .datasets import load_dataset
+    from .data.loaders import load_dataset
     from .errors import BadInputError
 
     kind = "image" if Path(args.data).is_dir() else "text"
@@ -74,7 +74,7 @@ def _dataset_for(args, backbone):
 
 
 def cmd_backbones(args) -> int:
-    from .registry import describe_backbones, list_backbones
+    from .plugins.registry import describe_backbones, list_backbones
 
     names = list_backbones(args.pattern)
     described = {name: (plugin, desc) for name, plugin, desc in describe_backbones()}
@@ -119,7 +119,7 @@ def cmd_fit(args) -> int:
 def cmd_predict(args) -> int:
     import csv
 
-    from .datasets import list_images, load_text_table
+    from .data.loaders import list_images, load_text_table
     from .persist import load
 
     model = load(args.model, cache_dir=args.cache_dir)
@@ -200,7 +200,7 @@ def _split(args, X, y):
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    from .datasets import labels_or_raise
+    from .data.labels import labels_or_raise
 
     y = labels_or_raise(y, len(X))
     if not args.test_size:
@@ -213,7 +213,7 @@ def cmd_sweep(args) -> int:
     import json
 
     from .estimators import resolve_backbone
-    from .selection import sweep
+    from .selection.sweep import sweep
 
     options = _options_by_backbone(args)
     X, y = _dataset_for(args, resolve_backbone(args.backbone[0], options[args.backbone[0]] or None))
@@ -231,7 +231,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import render_report
+    from .selection.report import render_report
 
     print(render_report(args.run_dir))
     return 0

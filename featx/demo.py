@@ -220,7 +220,7 @@ def textile_defects(quick: bool = False) -> Task:
     -------
     Task
     """
-    from .datasets import load_image_folder
+    from .data.loaders import load_image_folder
 
     paths, labels = load_image_folder(_need("conformal_clip_data", "conformal-clip-data").textile_simulated_root())
     labels = np.asarray(labels)

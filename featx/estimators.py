@@ -26,11 +26,12 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones.base import Backbone
-from .datasets import INPUTS, infer_modality, labels_or_raise, sample_list
+from .data.samples import INPUTS, infer_modality, sample_list
+from .data.labels import labels_or_raise
 from .errors import BadInputError, RandomInitWarning, validate_params
 from .extraction import Extraction, extract
 from .heads import make_head
-from .registry import resolve_backbone
+from .plugins.registry import resolve_backbone
 
 DEFAULT_BACKBONES = {"image": "timm/tf_efficientnet_lite0", "text": "hf/all-MiniLM-L6-v2"}
 

@@ -18,9 +18,9 @@ import numpy as np
 from ._fs import digest, user_cache_dir, write_json_atomic
 from .backbones.base import Backbone, TorchBackbone, check_output, resolve_device
 from .cache import FREE, MINE, WAITING, DamagedShardError, EmbeddingCache, Store
-from .datasets import Samples, as_samples
+from .data.samples import Samples, as_samples
 from .errors import BadInputError, CacheError
-from .registry import resolve_backbone
+from .plugins.registry import resolve_backbone
 
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
@@ -346,8 +346,7 @@ def extract(
     if engine == "local" and isinstance(backbone, TorchBackbone):
         device = resolve_device(device)  # a device this machine lacks fails here, not after hashing every sample
     start = time.perf_counter()
-    samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality, EmbeddingCache(cache_dir).keys_dir,
-                                                          input=input, backbone=backbone.name)
+    samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality, input=input, backbone=backbone.name)
     store = open_store(backbone, cache_dir, dtype)
     if batch_size is None and isinstance(backbone, TorchBackbone) and samples.modality == "image":
         batch_size = remembered_batch_size(backbone)  # None: autotune on the first chunk

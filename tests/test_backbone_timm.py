@@ -194,7 +194,7 @@ def test_timm_namespace_lists_models():
 
 
 def test_dataloader_workers_give_the_same_vectors(image_folder, tmp_path):
-    from featx.datasets import load_image_folder
+    from featx.data.loaders import load_image_folder
 
     paths, _ = load_image_folder(image_folder)
     serial = featx.Embedder(f"timm/{MODEL}", backbone_options={"image_size": 64}, cache_dir=tmp_path / "a").transform(paths)
@@ -204,7 +204,7 @@ def test_dataloader_workers_give_the_same_vectors(image_folder, tmp_path):
 
 
 def test_a_chunk_holds_model_sized_pixels_not_whole_photos(tmp_path):
-    from featx.datasets import as_samples
+    from featx.data.samples import as_samples
     from featx.extraction import _load
 
     photo = tmp_path / "photo.png"
@@ -260,7 +260,7 @@ def test_unknown_devices_are_named(device):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_named(image_folder, tmp_path):
-    from featx.datasets import load_image_folder
+    from featx.data.loaders import load_image_folder
 
     paths, _ = load_image_folder(image_folder)
     with pytest.raises(BadInputError, match="device='cuda' but torch sees no CUDA GPUs here; use device='auto'"):

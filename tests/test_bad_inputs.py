@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 import featx
 from featx.cache import CacheError
-from featx.datasets import load_image_folder, load_text_table
+from featx.data.loaders import load_image_folder, load_text_table
 from featx.errors import BadInputError, PluginError, UnknownBackboneError, UnknownHeadError
 
 from conftest import CountingTextBackbone
@@ -301,7 +301,7 @@ def test_unusual_image_modes_are_converted_not_crashed(mode, tmp_path):
 
 
 def test_sixteen_bit_images_keep_their_contrast(tmp_path):
-    from featx.datasets import as_samples
+    from featx.data.samples import as_samples
 
     ramp = (np.arange(256, dtype=np.uint16)[None, :].repeat(4, 0) * 256)
     Image.fromarray(ramp).save(tmp_path / "ramp.png")

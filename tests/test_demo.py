@@ -32,7 +32,7 @@ def text_task(backbone) -> demo.Task:
 
 def image_task(image_folder) -> demo.Task:
     """red/blue images (6 each): 4 held out, draws of 50 % and 100 % of the other 8."""
-    from featx.datasets import load_image_folder
+    from featx.data.loaders import load_image_folder
 
     paths, labels = load_image_folder(image_folder)
     labels = np.array(labels)

@@ -15,7 +15,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import featx
 from featx.errors import BadInputError, UnknownHeadError
-from featx.datasets import PATH_CHECKS, as_samples, load_image_folder
+from featx.data.samples import PATH_CHECKS, as_samples
+from featx.data.loaders import load_image_folder
 from featx.heads import HEADS, make_head
 
 from conftest import CountingTextBackbone

@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 import featx
-from featx.datasets import load_image_folder
+from featx.data.loaders import load_image_folder
 from featx.errors import BadInputError
 
 from conftest import CountingTextBackbone

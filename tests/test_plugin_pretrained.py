@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import types
-import warnings
-from importlib.metadata import EntryPoint
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import featx
-import featx.plugins as plugins
 from featx.backbones.pretrained import map_by_position
-from featx.registry import describe_backbones
+from featx.plugins.registry import describe_backbones
 
 
 def test_registered_as_a_built_in():
@@ -21,24 +17,6 @@ def test_registered_as_a_built_in():
     assert registered["timm/tf_efficientnet_lite0"] == "featx.backbones.pretrained"
     assert registered["hf/all-MiniLM-L6-v2"] == "featx.backbones.pretrained"
     assert "timm/tf_efficientnet_lite0" in featx.list_backbones("timm/tf_eff*")
-
-
-def test_a_former_plugin_still_installed_is_not_loaded(monkeypatch):
-    """An older install's featx-pretrained entry point (module gone or still there) neither fails
-    nor warns, and the built-in names stay the built-in ones."""
-    old = EntryPoint(name="pretrained", value="featx_pretrained", group="featx")
-    real = plugins.entry_points
-    monkeypatch.setattr(plugins, "entry_points", lambda group: [*real(group=group), old])
-    monkeypatch.setitem(__import__("sys").modules, "featx_pretrained", types.ModuleType("featx_pretrained"))
-    plugins.reset()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            registered = {name: plugin for name, plugin, _ in describe_backbones()}
-        assert registered["hf/all-MiniLM-L6-v2"] == "featx.backbones.pretrained"
-        assert not plugins.get_plugin_manager().has_plugin("pretrained") and not plugins.plugin_errors
-    finally:
-        plugins.reset()
 
 
 @pytest.mark.integration

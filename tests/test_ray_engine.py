@@ -42,7 +42,7 @@ def test_text_identical_to_local_engine(cluster, tiny_bert_dir, tmp_path):
 
 
 def test_images_identical_to_local_engine(cluster, image_folder, tmp_path):
-    paths, _ = featx.datasets.load_image_folder(image_folder)
+    paths, _ = featx.data.loaders.load_image_folder(image_folder)
     options = {"image_size": 48}
     local = featx.Embedder("timm/test_efficientnet", backbone_options=options, batch_size=4, cache_dir=tmp_path / "a").transform(paths)
     distributed = featx.Embedder("timm/test_efficientnet", backbone_options=options, batch_size=4, engine="ray",

@@ -17,7 +17,7 @@ import pytest
 
 import featx
 from featx.cli import main
-from featx.report import PLOTS, reproduce_command
+from featx.selection.report import PLOTS, reproduce_command
 
 from conftest import WORDS
 from test_sweep import RandomInitTable, TableBackbone, circles

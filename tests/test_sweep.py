@@ -209,7 +209,7 @@ def test_run_folder_keeps_the_results_when_the_report_cannot_render(cache_dir, t
     assert json.loads((run / "leaderboard.json").read_text())["leaderboard"][0]["head"] == "knn"
     assert json.loads(zipfile.ZipFile(run / "best.featx").read("manifest.json"))["classes"] == ["inner", "outer"]
     monkeypatch.undo()  # matplotlib is back
-    from featx.report import render_report
+    from featx.selection.report import render_report
 
     assert render_report(run) == run / "report.html" and "featx sweep /data/x.csv" in (run / "report.html").read_text()
 
@@ -284,7 +284,7 @@ def test_folds_are_lowered_to_the_least_populated_class_with_a_warning(cache_dir
 def test_holdout_split_is_the_cli_split(cache_dir):
     from sklearn.model_selection import train_test_split
 
-    from featx.selection import holdout_split
+    from featx.selection.sweep import holdout_split
 
     X, y, _ = circles(50)
     X_train, y_train, X_test, y_test = holdout_split(X, y, 0.3, seed=4)

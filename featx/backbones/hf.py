@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInputError, UnknownBackboneError
-from ..hookspecs import hookimpl
+from ..plugins.hookspecs import hookimpl
 from .._fs import digest, file_digest
 from .base import TorchBackbone, check_flag, layer_list
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import BadInputError
-from ..hookspecs import hookimpl
+from ..plugins.hookspecs import hookimpl
 from .hf import HFBackbone
 from .timm import TimmBackbone
 

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInputError, UnknownBackboneError, did_you_mean
-from ..hookspecs import hookimpl
+from ..plugins.hookspecs import hookimpl
 from .._fs import digest, file_digest, user_cache_dir, write_json_atomic
 from .base import TorchBackbone, check_flag, layer_list
 

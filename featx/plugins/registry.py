@@ -8,79 +8,10 @@ True
 from __future__ import annotations
 
 import fnmatch
-import warnings
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import UnknownBackboneError, did_you_mean
-
-
-@dataclass(frozen=True)
-class Registration:
-    """One registered name: exact (``"acme/colorhist"``) or a namespace (``"timm/*"``)."""
-
-    name: str
-    factory: Callable[..., Any]
-    description: str
-    plugin: str
-
-    @property
-    def is_namespace(self) -> bool:
-        return self.name.endswith("/*")
-
-    @property
-    def prefix(self) -> str:
-        return self.name[:-1]  # "timm/*" -> "timm/"
-
-
-class Registry:
-    """The names every plugin registered, in registration order (built-ins first); the first
-    registration of a name is kept."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, Registration] = {}
-
-    def registrar(self, plugin: str) -> Callable[..., None]:
-        """The ``register`` callable handed to one plugin's hook (it records who registered what)."""
-
-        def register(name: str, factory: Callable[..., Any], *, description: str = "") -> None:
-            if not isinstance(name, str) or not name or not callable(factory):
-                raise TypeError(
-                    f"plugin {plugin!r}: register(name, factory) needs a non-empty str name and a "
-                    f"callable factory, got {name!r}, {factory!r}"
-                )
-            if name in self._entries:
-                first = self._entries[name].plugin
-                warnings.warn(
-                    f"backbone {name!r} is registered by both {first!r} and {plugin!r}; "
-                    f"keeping the one from {first!r}",
-                    stacklevel=2,
-                )
-                return
-            self._entries[name] = Registration(name, factory, description, plugin)
-
-        return register
-
-    def entries(self) -> list[Registration]:
-        return list(self._entries.values())
-
-    def resolve(self, name: str) -> tuple[Registration, tuple[str, ...]]:
-        """The registration that builds ``name`` and the positional args its factory takes."""
-        if name in self._entries and not self._entries[name].is_namespace:
-            return self._entries[name], ()
-        for entry in self._entries.values():
-            if entry.is_namespace and name.startswith(entry.prefix) and len(name) > len(entry.prefix):
-                return entry, (name[len(entry.prefix):],)
-        raise UnknownBackboneError(
-            f"unknown backbone {name!r}.{did_you_mean(name, self._entries)} "
-            f"Run `featx backbones` to see every registered name."
-        )
-
-
-def _registry() -> Registry:
-    from .plugins import get_registry
-
-    return get_registry()
+from ..errors import did_you_mean
+from .manager import get_registry
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
@@ -106,7 +37,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
     True
     """
     names: set[str] = set()
-    for entry in _registry().entries():
+    for entry in get_registry().entries():
         if fnmatch.fnmatchcase(entry.name, pattern):
             names.add(entry.name)
         enumerate_members = getattr(entry.factory, "names", None)
@@ -120,7 +51,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 def describe_backbones() -> list[tuple[str, str, str]]:
     """``(name, plugin, description)`` for every registration, in registration order."""
-    return [(e.name, e.plugin, e.description) for e in _registry().entries()]
+    return [(e.name, e.plugin, e.description) for e in get_registry().entries()]
 
 
 def factory_options(factory: Callable[..., Any]) -> list[str] | None:
@@ -179,12 +110,12 @@ def create_backbone(name: str, **options: Any):
     >>> featx.create_backbone("timm/resnet18", pretrained=False).random_init   # random weights, on purpose
     True
     """
-    from .backbones.base import Backbone
-    from .errors import BadInputError, PluginError
+    from ..backbones.base import Backbone
+    from ..errors import BadInputError, PluginError
 
     if not isinstance(name, str):
         raise BadInputError(f"backbone name {name!r} must be a str such as 'timm/tf_efficientnet_lite0'")
-    entry, args = _registry().resolve(name)
+    entry, args = get_registry().resolve(name)
     valid = factory_options(entry.factory)
     unknown = [key for key in options if valid is not None and key not in valid]
     if unknown:
@@ -215,8 +146,8 @@ def resolve_backbone(backbone: Any, options: dict | None = None):
     """
     import json
 
-    from .backbones.base import Backbone
-    from .errors import BadInputError
+    from ..backbones.base import Backbone
+    from ..errors import BadInputError
 
     if isinstance(backbone, Backbone):
         if options:

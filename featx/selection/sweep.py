@@ -26,11 +26,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._fs import digest, write_json_atomic
-from .backbones.base import Backbone
-from .cache import EmbeddingCache
-from .errors import BadInputError
-from .heads import HEADS, head_name, make_head
+from .._fs import digest, write_json_atomic
+from ..backbones.base import Backbone
+from ..cache import EmbeddingCache
+from ..errors import BadInputError
+from ..heads import HEADS, head_name, make_head
 
 METRICS = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "macro_f1": "f1_macro"}
 PROTOCOL_VERSION = 1
@@ -169,7 +169,7 @@ def holdout_split(X, y, test_size: float, seed: int = 0):
 
 def _train_and_test(X, y, X_test, y_test, test_size, seed):
     """The training samples and the test split (given, split off by ``test_size``, or none), checked."""
-    from .datasets import labels_or_raise
+    from ..data.labels import labels_or_raise
 
     _check_test_size(test_size)
     if X_test is None and y_test is None:
@@ -309,7 +309,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     views : bool
         ``False`` evaluates only the full vector of multi-layer backbones.
     transferability : bool
-        Compute the feature-only scores (``featx.transferability``) of every backbone/view.
+        Compute the feature-only scores (``featx.selection.transferability``) of every backbone/view.
     cache_dir, engine, n_jobs, progress
         As in ``featx.extract``; ``n_jobs`` parallelises the grid searches.
     run_dir : path, optional
@@ -333,9 +333,10 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     ...                      test_size=0.3, run_dir="runs/news")          # doctest: +SKIP
     >>> print(result.table())                                            # doctest: +SKIP
     """
-    from .datasets import as_samples, labels_or_raise
-    from .estimators import TransferClassifier, resolve_backbone
-    from .extraction import extract
+    from ..data.samples import as_samples
+    from ..data.labels import labels_or_raise
+    from ..estimators import TransferClassifier, resolve_backbone
+    from ..extraction import extract
     from .transferability import score_all
 
     say = print if progress else (lambda *a, **k: None)
@@ -362,9 +363,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else "")
             + (" (random init: no pretrained weights)" if described["random_init"] else ""))
         if backbone.modality not in hashed:
-            keys_dir = EmbeddingCache(cache_dir).keys_dir
-            hashed[backbone.modality] = (as_samples(X, backbone.modality, keys_dir),
-                                         as_samples(X_test, backbone.modality, keys_dir) if X_test is not None else None)
+            hashed[backbone.modality] = (as_samples(X, backbone.modality),
+                                         as_samples(X_test, backbone.modality) if X_test is not None else None)
         train_samples, test_samples = hashed[backbone.modality]
         train = extract(backbone, train_samples, cache_dir=cache_dir, progress=progress, engine=engine)
         test = extract(backbone, test_samples, cache_dir=cache_dir, progress=progress, engine=engine) if test_samples is not None else None

@@ -1,4 +1,4 @@
-"""Turn user inputs into samples with content keys, and load labelled datasets from disk.
+"""Turn user inputs into samples with content keys.
 
 Images may be file paths, ``PIL.Image`` objects or uint8 arrays (one ``(n, H, W[, C])`` array or a
 list of ``(H, W[, C])`` arrays); texts are ``str``.  A sample's key hashes its content only (file
@@ -11,22 +11,14 @@ bytes, RGB pixels + shape, or UTF-8 text), so the same picture under two names i
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
-import threading
-import time
-from collections import OrderedDict
-from contextlib import suppress
 from itertools import compress, count, repeat
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .cache import TMP_TIMEOUT
-from .errors import BadInputError
+from ..errors import BadInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _SUFFIXES_ANY_CASE = tuple(sorted(IMAGE_SUFFIXES | {s.upper() for s in IMAGE_SUFFIXES}))
@@ -97,8 +89,8 @@ class _Names(Sequence[str]):
         return f"{self.modality}[{self.start + i % len(self)}]"
 
 
-# A list of texts up to this size gets all its keys at once (kept, and remembered if its texts are
-# short); a larger one is hashed block by block as extraction reaches it, its keys never all held.
+# A list of texts up to this size gets all its keys at once; a larger one is hashed block by block
+# as extraction reaches it, its keys never all held.
 KEEP_KEYS = 1 << 16
 
 
@@ -240,7 +232,7 @@ def infer_modality(X: Any, input: str = "auto") -> str:
     return "image" if _first_image_file(X) is not None else "text"
 
 
-def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None, *, input: str = "auto",
+def as_samples(X: Any, modality: str, *, input: str = "auto",
                backbone: str | None = None) -> Samples:
     """Validate ``X`` for a backbone of ``modality``; its samples' content keys come with it.
 
@@ -249,11 +241,8 @@ def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None,
     the pictures) and strings that are text when it embeds images; ``"text"`` / ``"image"`` skip
     that check and must match the modality.  ``backbone`` (a name) is used in messages.
 
-    A list of up to ``KEEP_KEYS`` texts is hashed now, and if its texts are short its keys are
-    remembered by a digest of the whole list, in the process and, given ``keys_dir`` (``extract``
-    passes ``<cache_dir>/texts``), on disk for the next process: such a list seen again costs one
-    hash of its bytes instead of one per text.  A longer list, and images, are hashed when their
-    keys are first needed (``Samples.keys``, or a block at a time through ``Samples.blocks``).
+    A list of up to ``KEEP_KEYS`` texts is hashed now; a longer list, and images, are hashed when
+    their keys are first needed (``Samples.keys``, or a block at a time through ``Samples.blocks``).
     """
     owner = f"backbone {backbone!r}" if backbone else "this backbone"
     if modality not in ("image", "text"):
@@ -278,21 +267,12 @@ def as_samples(X: Any, modality: str, keys_dir: str | os.PathLike | None = None,
                 f"embedded, not its picture (and folder names would leak the labels). Choose an image backbone "
                 f"such as 'timm/tf_efficientnet_lite0', or pass input='text' if these strings are the texts to embed"
             )
-    return _text_samples(X, keys_dir)
+    return _text_samples(X)
 
 
-def _text_samples(X: list, keys_dir: str | os.PathLike | None) -> Samples:
-    if len(X) > KEEP_KEYS:  # hashed block by block as extraction reaches them
-        _check_texts(X)
-        return Samples("text", X, None)
-    whole = _list_digest(X)
-    keys = _recall(whole, len(X), keys_dir) if whole else None
-    if keys is None:  # a list seen before was checked then
-        _check_texts(X)
-        keys = _text_keys(X)
-        if whole:
-            _remember(whole, keys, keys_dir)
-    return Samples("text", X, keys)
+def _text_samples(X: list) -> Samples:
+    _check_texts(X)
+    return Samples("text", X, _text_keys(X) if len(X) <= KEEP_KEYS else None)
 
 
 def _check_texts(X: list) -> None:
@@ -315,95 +295,7 @@ def _text_keys(X: list[str]) -> np.ndarray:
             h.update(x.encode("utf-8", errors="surrogatepass"))
             block.append(h.digest())
         digests[lo:lo + len(block)] = block
-    keys = _hex_keys(digests)
-    keys.flags.writeable = False  # shared with the memo of recent lists
-    return keys
-
-
-# Keys of recent lists of many short texts, by a digest of the whole list: a list seen again (a
-# second fit, GridSearchCV's folds for each candidate, predict after fit, the same script run
-# again) costs one hash of its bytes instead of a hash call per text.  Keys only (32 bytes per
-# text), never the texts; in memory, and in ``keys_dir`` as ``<digest>.npz`` (zip CRC-checked).
-REMEMBER_MIN_TEXTS = 256  # below this, hashing the texts one by one is as quick
-REMEMBER_MAX_CHARS = 256  # mean length above which one call per text costs little beside hashing the bytes
-REMEMBER_KEYS = 1 << 20  # keys kept in all, in memory and on disk (32 MB each), least recently used dropped first
-_recent: OrderedDict[bytes, np.ndarray] = OrderedDict()
-_recent_lock = threading.Lock()
-
-
-def _list_digest(X: list) -> bytes | None:
-    """A digest of a whole list of many short texts (each one's length, then all of them), or
-    None for short lists, long texts and lists that are not all text."""
-    if len(X) < REMEMBER_MIN_TEXTS:
-        return None
-    try:
-        lengths = np.fromiter(map(len, X), dtype=np.int64, count=len(X))
-        if lengths.sum() > REMEMBER_MAX_CHARS * len(X):
-            return None
-        h = _hasher(b"text-list")
-        h.update(lengths.tobytes())
-        for lo in range(0, len(X), 256):  # small joins: no large buffer allocated and freed
-            h.update("".join(X[lo:lo + 256]).encode("utf-8", errors="surrogatepass"))
-    except TypeError:  # not all text: checked and reported by _check_texts
-        return None
-    return h.digest()
-
-
-def _recall(whole: bytes, n: int, keys_dir: str | os.PathLike | None) -> np.ndarray | None:
-    """The keys remembered for the list of ``n`` texts with digest ``whole``, if any."""
-    with _recent_lock:
-        keys = _recent.get(whole)
-        if keys is not None:
-            _recent.move_to_end(whole)
-            return keys
-    if keys_dir is None:
-        return None
-    path = Path(keys_dir) / f"{whole.hex()}.npz"
-    try:
-        with np.load(path) as saved:
-            keys = saved["keys"]
-    except Exception:  # absent, torn or damaged: the texts are hashed again
-        return None
-    with suppress(OSError):  # a read-only cache still serves its lists
-        os.utime(path)  # recently used: pruned last
-    if keys.shape != (n,) or keys.dtype != np.dtype("S32"):
-        return None
-    keys.flags.writeable = False
-    _remember(whole, keys, None)
-    return keys
-
-
-def _remember(whole: bytes, keys: np.ndarray, keys_dir: str | os.PathLike | None) -> None:
-    if len(keys) > REMEMBER_KEYS:
-        return
-    with _recent_lock:
-        _recent[whole] = keys
-        total = sum(map(len, _recent.values()))
-        while total > REMEMBER_KEYS:
-            total -= len(_recent.popitem(last=False)[1])
-    if keys_dir is not None:
-        _save_keys(Path(keys_dir), whole, keys)
-
-
-def _save_keys(folder: Path, whole: bytes, keys: np.ndarray) -> None:
-    """Write ``<digest>.npz`` atomically, then drop the least recently used lists beyond
-    ``REMEMBER_KEYS`` keys (and temporaries left by killed writers); skipped where not writable."""
-    tmp = folder / f"{whole.hex()}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=keys)
-        os.replace(tmp, folder / f"{whole.hex()}.npz")
-        budget = 32 * REMEMBER_KEYS
-        for entry in sorted(os.scandir(folder), key=lambda e: e.stat().st_mtime_ns, reverse=True):
-            if entry.name.endswith(".npz"):
-                budget -= entry.stat().st_size
-            if (budget < 0 and entry.name.endswith(".npz")) or (
-                    entry.name.endswith(".tmp") and entry.stat().st_mtime < time.time() - TMP_TIMEOUT):
-                os.unlink(entry.path)
-    except OSError:
-        with suppress(OSError):
-            tmp.unlink()
+    return _hex_keys(digests)
 
 
 def _image_samples(X: list, owner: str, check_text: bool) -> Samples:
@@ -444,131 +336,3 @@ def _image_keys(X: Sequence[Any], names: Sequence[str]) -> np.ndarray:
             raise BadInputError(f"{names[i]}: {exc}") from None
         digests[i] = _hash(b"pixels", str(pixels.shape).encode(), pixels.tobytes())
     return _hex_keys(digests)
-
-
-def load_image_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """``root/<class>/<image>`` → (paths, labels), sorted for reproducibility.
-
-    Non-image files (by suffix) are ignored; a folder without images in class sub-folders is an
-    error (``list_images`` reads a folder of unlabelled images).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise BadInputError(f"image folder {str(root)!r} does not exist or is not a directory")
-    paths, labels = [], []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(str(f))
-                labels.append(class_dir.name)
-    if not paths:
-        flat = sum(1 for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if flat:
-            raise BadInputError(
-                f"{str(root)!r} holds {flat} image{'s' if flat > 1 else ''} directly inside but no class sub-folders: "
-                f"labelled images go in one sub-folder per class, root/<class>/<image>.jpg "
-                f"(unlabelled images, to embed or predict, are read with list_images)"
-            )
-        raise BadInputError(
-            f"no images found in {str(root)!r}: expected root/<class>/<image>.jpg "
-            f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return paths, labels
-
-
-def list_images(root: str | os.PathLike) -> list[str]:
-    """Every image file under ``root`` (recursively), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise BadInputError(f"image folder {str(root)!r} does not exist or is not a directory")
-    return sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_text_table(
-    path: str | os.PathLike, text_column: str = "text", label_column: str | None = "label"
-) -> tuple[list[str], list[str] | None]:
-    """Texts and labels from a CSV, TSV or JSONL file; ``label_column=None`` reads texts only
-    (labels ``None``).  A column that is not there is an error listing the columns present."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"text file {str(path)!r} does not exist")
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            if path.suffix.lower() in (".jsonl", ".ndjson"):
-                rows = [json.loads(line) for line in f if line.strip()]
-            elif path.suffix.lower() in (".csv", ".tsv"):
-                rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-            else:
-                raise BadInputError(f"{str(path)!r}: use a .csv, .tsv or .jsonl file")
-    except UnicodeDecodeError as exc:
-        raise BadInputError(f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{str(path)!r} line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not rows:
-        raise BadInputError(f"{str(path)!r} has no rows")
-    columns = list(rows[0])
-    if text_column not in columns:
-        raise BadInputError(f"{str(path)!r} has no column {text_column!r} (columns: {columns}); pass text_column=")
-    if label_column is not None and label_column not in columns:
-        raise BadInputError(f"{str(path)!r} has no label column {label_column!r} (columns: {columns}); "
-                            f"pass label_column=")
-    texts = [str(r[text_column]) if r.get(text_column) is not None else "" for r in rows]
-    return texts, None if label_column is None else [r.get(label_column) for r in rows]
-
-
-def load_dataset(source: str | os.PathLike, text_column: str = "text", label_column: str | None = "label"):
-    """A folder of class sub-folders or a CSV/JSONL file → ``(X, y)``; ``label_column=None``
-    reads a table's texts only (``y`` is then ``None``)."""
-    if Path(source).is_dir():
-        return load_image_folder(source)
-    return load_text_table(source, text_column, label_column)
-
-
-CONTINUOUS_VALUES = 20  # distinct non-integer float labels beyond which y is a regression target
-
-
-def labels_or_raise(y: Sequence[Any] | None, n: int) -> np.ndarray:
-    """Validate classification labels: one per sample, one label each (not multi-label), none
-    missing, classes rather than a continuous target, at least two classes."""
-    if y is None:
-        raise BadInputError("labels y are required for fitting")
-    if getattr(y, "ndim", 1) != 1:
-        shape = getattr(y, "shape", None)
-        hint = " (a single column: pass y.ravel())" if shape is not None and len(shape) == 2 and shape[1] == 1 else ""
-        raise BadInputError(f"y has shape {shape}: multi-label (or one-hot) targets are not supported yet; "
-                            f"pass one class label per sample, a 1-D list{hint}")
-    if isinstance(y, np.ndarray):
-        arr = y
-    else:  # a list of one plain type becomes a typed array: checked without a Python loop
-        y = list(y)
-        types = set(map(type, y))
-        several = types & {list, tuple, set, frozenset, np.ndarray}
-        if several:
-            first = next(v for v in y if type(v) in several)
-            raise BadInputError(f"y holds label collections such as {first!r}: multi-label targets are not supported "
-                                f"yet; pass one class label per sample")
-        arr = np.asarray(y) if len(types) == 1 and types <= {str, int, float, bool} else np.asarray(y, dtype=object)
-    if len(arr) != n:
-        raise BadInputError(f"len(X) = {n} but len(y) = {len(arr)}: give one label per sample")
-    if arr.dtype.kind in "biuUS":  # one numpy type: only empty strings can be missing
-        missing = np.flatnonzero(arr == arr.dtype.type()).tolist() if arr.dtype.kind in "US" else []
-    elif arr.dtype.kind == "f":
-        missing = np.flatnonzero(np.isnan(arr)).tolist()
-    else:
-        missing = [i for i, v in enumerate(arr) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
-    if missing:
-        raise BadInputError(f"labels missing (None/NaN/empty) at rows {missing[:10]}{' …' if len(missing) > 10 else ''}; drop those samples or label them")
-    if arr.dtype == object:
-        y = np.asarray(list(arr)) if len({type(v) for v in arr}) == 1 else arr.astype(str)
-    else:
-        y = arr
-    classes = np.unique(y)
-    if len(classes) < 2:
-        raise BadInputError(f"y has a single class {_plain(y[0])!r}: a classifier needs at least two")
-    if y.dtype.kind == "f" and len(classes) > min(CONTINUOUS_VALUES, len(y) / 2) and (classes != np.round(classes)).any():
-        examples = ", ".join(f"{v:g}" for v in classes[:: max(len(classes) // 3, 1)][:3])
-        raise BadInputError(
-            f"y looks continuous ({len(classes)} distinct float values, e.g. {examples}): featx classifiers need "
-            f"class labels (str or int); bin the values into classes, or fit a regressor on featx.extract(...).vectors"
-        )
-    return y

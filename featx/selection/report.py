@@ -70,7 +70,7 @@ def write_run(result, run_dir, render: bool = True) -> tuple[Path, Path | None]:
     tuple
         ``(run_dir, report)``: the folder and ``report.html`` (``None`` when it was not rendered).
     """
-    from .persist import save
+    from ..persist import save
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def render_report(run_dir) -> Path:
     Path
         The written ``report.html``.
     """
-    from .errors import BadInputError
+    from ..errors import BadInputError
 
     run_dir = Path(run_dir)
     try:
@@ -227,7 +227,7 @@ def _confusion_plot(plt, path: Path, evaluation: dict, best: dict) -> None:
 
 
 def _cost_plot(plt, path: Path, rows: list[dict]) -> None:
-    from .selection import best_per_setup
+    from .sweep import best_per_setup
 
     colours = {(r["backbone"], r["view"]): f"C{i % 10}" for i, r in enumerate(best_per_setup(rows))}  # as in transferability.png
     seconds = [max(r["extract_seconds"], 1e-3) for r in rows]
@@ -247,7 +247,7 @@ def _cost_plot(plt, path: Path, rows: list[dict]) -> None:
 
 def _transferability_plot(plt, path: Path, rows: list[dict], correlations: dict) -> None:
     """Each score against the best CV accuracy of every backbone/view setup (one colour per setup)."""
-    from .selection import best_per_setup
+    from .sweep import best_per_setup
 
     setups = best_per_setup(rows)
     scores = sorted({k[6:] for r in rows for k in r if k.startswith("score_")})
@@ -306,7 +306,7 @@ def reproduce_command(manifest: dict, source: dict, run_dir) -> str:
     str
         A shell command (arguments quoted), wrapped over lines with ``\\``.
     """
-    from .heads import HEADS
+    from ..heads import HEADS
 
     parts = [("featx", "sweep", source["data"])]  # a flag and its value stay on one line
     for flag, key, default in (("--text-column", "text_column", "text"), ("--label-column", "label_column", "label")):
@@ -417,7 +417,7 @@ def _per_class(evaluation: dict) -> str:
 
 
 def _correlations(rows: list[dict], correlations: dict) -> str:
-    from .selection import best_per_setup, correlation_gap
+    from .sweep import best_per_setup, correlation_gap
 
     if not correlations:
         return "<p>No transferability scores in this run.</p>"
