@@ -117,8 +117,7 @@ def fit_overhead(n: int = 10_000, dim: int = 384) -> dict:
         featx_fit = lambda: featx.TransferClassifier(backbone, head=ClassesOnly(), cache_dir=cache).fit(texts, labels)
         head_fit = lambda: make_head("logreg").fit(table, labels)
 
-        def first_fit():  # as in a new process: keys not remembered, the index read from the shards
-            featx.datasets._recent.clear()
+        def first_fit():  # as in a new process: the index read from the shards
             featx.cache._indexes.clear()
             return featx_fit()
 

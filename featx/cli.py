@@ -114,7 +114,7 @@ class _Parser(argparse.ArgumentParser):
 # -- inputs and outputs -------------------------------------------------------------------------------
 def _input_kind(data: str) -> str:
     """``"image"`` for a folder or an image file, ``"text"`` for a CSV/TSV/JSONL table."""
-    from .datasets import IMAGE_SUFFIXES
+    from .data.samples import IMAGE_SUFFIXES
     from .errors import BadInputError
 
     path = Path(data)
@@ -142,7 +142,7 @@ def _check_modality(data: str, backbone_name: str, modality: str) -> None:
 
 def _column(table: str, column: str, flag: str) -> list[str]:
     """One column of a CSV/TSV/JSONL file; a missing one is an error naming ``flag`` and the columns present."""
-    from .datasets import load_text_table
+    from .data.loaders import load_text_table
     from .errors import BadInputError
 
     try:
@@ -155,7 +155,8 @@ def _unlabelled(data: str, modality: str, text_column: str = "text",
                 id_column: str | None = None) -> tuple[list[str], list[str], str]:
     """Samples to embed, their names and what the names are: every image under a folder (its
     path), one image file, or a table's texts (named by ``id_column``, else by row number from 1)."""
-    from .datasets import IMAGE_SUFFIXES, list_images
+    from .data.loaders import list_images
+    from .data.samples import IMAGE_SUFFIXES
     from .errors import BadInputError
 
     if Path(data).is_dir():
@@ -174,7 +175,7 @@ def _unlabelled(data: str, modality: str, text_column: str = "text",
 
 def _labelled(data: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
     """Samples and labels: an image folder ``root/<class>/*`` or a table's text and label columns."""
-    from .datasets import load_image_folder
+    from .data.loaders import load_image_folder
     from .errors import BadInputError
 
     if Path(data).is_dir():
@@ -275,7 +276,7 @@ def _check_device(device: str) -> None:
 
 def _backbone(name: str, options: dict | None, device: str = "auto"):
     """The backbone ``name`` with ``options``; bad options and an unusable device fail here, before any work."""
-    from .estimators import resolve_backbone
+    from .plugins.registry import resolve_backbone
 
     _check_device(device)
     return resolve_backbone(name, options or None)
@@ -285,7 +286,7 @@ def _backbone(name: str, options: dict | None, device: str = "auto"):
 def cmd_backbones(args) -> int:
     from .backbones.base import TorchBackbone
     from .errors import FeatxError
-    from .registry import create_backbone, describe_backbones, list_backbones
+    from .plugins.registry import create_backbone, describe_backbones, list_backbones
 
     names = list_backbones(args.pattern)
     if not names:
@@ -381,7 +382,7 @@ def _estimate(model, X, y, folds: int, args) -> str:
 
 
 def cmd_fit(args) -> int:
-    from .datasets import labels_or_raise
+    from .data.labels import labels_or_raise
     from .estimators import TransferClassifier
     from .persist import save
 
@@ -593,7 +594,7 @@ def _split(data: str, X, y, test_size: float, seed: int):
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    from .datasets import labels_or_raise
+    from .data.labels import labels_or_raise
     from .errors import BadInputError
 
     y = labels_or_raise(y, len(X))
@@ -618,7 +619,7 @@ def _split(data: str, X, y, test_size: float, seed: int):
 
 
 def cmd_sweep(args) -> int:
-    from .selection import sweep
+    from .selection.sweep import sweep
 
     options = _options_by_backbone(args)
     for name in args.backbone:
@@ -638,7 +639,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import render_report
+    from .selection.report import render_report
 
     print(render_report(args.run_dir))
     return 0
@@ -688,7 +689,7 @@ def cmd_finetune(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(cache_dir=args.cache_dir, quick=args.quick)
+    return run_demo(cache_dir=args.cache_dir, quick=args.quick, out_dir=args.out_dir)
 
 
 # -- the parser --------------------------------------------------------------------------------------
@@ -793,7 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="real transfer learning on shipped data and models")
     p.add_argument("--cache-dir", help="default: ./cache")
-    p.add_argument("--quick", action="store_true", help="smaller subsets (about a minute)")
+    p.add_argument("--quick", action="store_true", help="smaller subsets and 3 draws per point")
+    p.add_argument("--out-dir", default="runs/demo", help="where curves.png, results.md, index.html go (default: runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
 

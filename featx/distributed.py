@@ -15,7 +15,7 @@ import numpy as np
 
 from .backbones.base import Backbone, check_output
 from .cache import Store, as_keys
-from .datasets import Samples
+from .data.samples import Samples
 from .errors import FeatxError
 
 

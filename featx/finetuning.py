@@ -38,7 +38,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones.base import Backbone, TorchBackbone, digest
+from ._fs import digest
+from .backbones.base import Backbone, TorchBackbone
 from .errors import BadInputError
 
 STRATEGIES = ("full", "freeze", "llrd", "gradual", "lp-ft")
@@ -47,7 +48,7 @@ STRATEGIES = ("full", "freeze", "llrd", "gradual", "lp-ft")
 # -- the network: backbone encoder + (L2 normalisation) + linear head -------------------------------
 def _new_backbone(name: str, options: dict | None) -> TorchBackbone:
     """A private backbone instance (never the shared one: its weights are about to change)."""
-    from .registry import create_backbone
+    from .plugins.registry import create_backbone
 
     backbone = create_backbone(name, **(options or {}))
     if not isinstance(backbone, TorchBackbone):
@@ -150,7 +151,7 @@ class _Batches:
     """Model inputs for one modality: image tensors (augmented when training) or padded token ids."""
 
     def __init__(self, backbone: TorchBackbone, X, augment: bool):
-        from .datasets import as_samples
+        from .data.samples import as_samples
 
         self.backbone = backbone
         samples = as_samples(X, backbone.modality)
@@ -259,7 +260,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, probe=None) -> "FineTunedClassifier":
         """Train on ``(X, y)``; ``probe`` is a fitted logreg ``TransferClassifier`` (fitted here if None)."""
-        from .datasets import labels_or_raise
+        from .data.labels import labels_or_raise
         from .estimators import TransferClassifier
 
         y = labels_or_raise(y, len(X))
@@ -456,7 +457,7 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, cache_dir=None, run_dir=N
     names the better one.  With ``run_dir``: per-epoch ``log.csv``, ``learning_curve.png``,
     ``finetune.json`` and both saved models.
     """
-    from .datasets import labels_or_raise
+    from .data.labels import labels_or_raise
 
     y = labels_or_raise(y, len(X))
     probe = _probe_from(setup, X, y, cache_dir)

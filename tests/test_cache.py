@@ -9,7 +9,7 @@ import pytest
 
 import featx
 from featx.cache import SNAPSHOT, EmbeddingCache
-from featx.datasets import as_samples
+from featx.data.samples import as_samples
 from featx.errors import CacheError
 from featx.extraction import extract
 
@@ -71,7 +71,7 @@ def test_same_image_under_two_names_is_embedded_once(image_folder, tmp_path, cac
 def test_pil_and_array_of_same_pixels_share_a_key(image_folder):
     from PIL import Image
 
-    from featx.datasets import as_samples
+    from featx.data.samples import as_samples
 
     im = Image.open(image_folder / "red" / "1.png")
     s = as_samples([im, np.asarray(im.convert("RGB"))], "image")
@@ -299,7 +299,7 @@ def test_unique_counts_distinct_samples_among_hits_and_misses(counting, cache_di
 
 
 def test_an_input_longer_than_a_block_is_extracted_block_by_block(counting, cache_dir, tmp_path, monkeypatch):
-    import featx.datasets as datasets
+    import featx.data.samples as datasets
     import featx.extraction as extraction
 
     whole = extract(CountingTextBackbone(), texts(11) + texts(3), cache_dir=tmp_path / "one-block").vectors
@@ -349,59 +349,14 @@ def _recipe(texts_):
             for t in texts_]
 
 
-@pytest.fixture
-def key_memo(monkeypatch):
-    """The memo of recent text lists, emptied, with every per-text hashing pass counted."""
-    from featx import datasets
-
-    monkeypatch.setattr(datasets, "_recent", type(datasets._recent)())
-    passes = []
-    real = datasets._text_keys
-    monkeypatch.setattr(datasets, "_text_keys", lambda X: passes.append(len(X)) or real(X))
-    return datasets, passes
 
 
-def test_a_list_of_short_texts_seen_again_is_not_hashed_text_by_text(key_memo):
-    datasets, passes = key_memo
-    first = texts(300)
-    keys = as_samples(first, "text").keys
-    again = as_samples([t.encode().decode() for t in first], "text").keys  # equal texts, new objects
-    assert passes == [300]
-    assert again.tolist() == keys.tolist() == _recipe(first)
-    assert not again.flags.writeable  # shared with the memo: nobody may change it
 
 
-def test_remembered_lists_are_told_apart_by_every_text_and_boundary(key_memo):
-    datasets, passes = key_memo
-    base = texts(300)
-    variants = [base, base[:-1] + ["sample number 2990"], ["ab", "c"] + base[2:], ["a", "bc"] + base[2:],
-                base[::-1], ["\ud800 lone surrogate"] + base[1:]]
-    for v in variants:
-        assert as_samples(v, "text").keys.tolist() == _recipe(v)
-    assert passes == [300] * len(variants)  # no variant was mistaken for another
 
 
-def test_only_many_short_texts_are_remembered_and_within_the_budget(key_memo, monkeypatch):
-    datasets, passes = key_memo
-    as_samples(texts(10), "text")
-    as_samples(["word " * 100 + str(i) for i in range(300)], "text")  # long texts: hashing them is the cost
-    assert len(datasets._recent) == 0
-    monkeypatch.setattr(datasets, "REMEMBER_KEYS", 700)
-    for start in (0, 1000, 2000):
-        as_samples(texts(300, start), "text")
-    assert sorted(map(len, datasets._recent.values())) == [300, 300]  # the oldest list was dropped
-    as_samples(texts(300, 1000), "text")
-    as_samples(texts(800), "text")  # bigger than the whole budget: not kept, nothing dropped for it
-    assert passes == [10, 300, 300, 300, 300, 800] and len(datasets._recent) == 2
 
 
-def test_an_invalid_list_is_never_remembered(key_memo):
-    datasets, _ = key_memo
-    bad = texts(299) + ["   "]
-    for _ in range(2):
-        with pytest.raises(featx.BadInputError, match="sample 299 is an empty text"):
-            as_samples(bad, "text")
-    assert len(datasets._recent) == 0
 
 
 def _filled_store(cache_dir, shards=12, rows=50):
@@ -651,73 +606,11 @@ def test_a_delta_that_cannot_spill_keeps_answering_from_memory(cache_dir, monkey
     assert not list(store.path.glob(".tmp-*")) and not (store.path / SNAPSHOT).exists()
 
 
-def test_a_new_process_finds_the_keys_of_a_list_in_the_cache_folder(key_memo, counting, cache_dir):
-    datasets, passes = key_memo
-    first = extract(counting, texts(300), cache_dir=cache_dir)
-    datasets._recent.clear()  # as in a new process
-    again = extract(counting, texts(300), cache_dir=cache_dir)
-    assert passes == [300] and again.stats.hits == 300  # the second run hashed no text one by one
-    assert len(list((cache_dir / "texts").glob("*.npz"))) == 1
-    np.testing.assert_array_equal(first.vectors, again.vectors)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "flipped byte", "other length"])
-def test_a_damaged_keys_file_is_ignored(key_memo, tmp_path, damage):
-    datasets, passes = key_memo
-    as_samples(texts(300), "text", tmp_path)
-    (path,) = tmp_path.glob("*.npz")
-    data = bytearray(path.read_bytes())
-    if damage == "flipped byte":
-        data[len(data) // 2] ^= 0x01
-    elif damage == "other length":
-        import io
-
-        buffer = io.BytesIO()
-        np.savez(buffer, keys=np.zeros(299, "S32"))
-        data = buffer.getvalue()
-    path.write_bytes(b"not a zip" if damage == "garbage" else bytes(data))
-    datasets._recent.clear()
-    assert as_samples(texts(300), "text", tmp_path).keys.tolist() == _recipe(texts(300))
-    assert passes == [300, 300]
 
 
-def test_the_keys_folder_keeps_the_most_recently_used_lists_within_budget(key_memo, tmp_path, monkeypatch):
-    import os
-    import time
-
-    datasets, passes = key_memo
-    monkeypatch.setattr(datasets, "REMEMBER_KEYS", 700)
-    stale = tmp_path / "left-by-a-killed-writer.tmp"
-    stale.write_bytes(b"x")
-    os.utime(stale, (time.time() - 3600,) * 2)
-    for start in (0, 1000, 2000):
-        as_samples(texts(300, start), "text", tmp_path)
-        time.sleep(0.01)  # distinct modification times
-    assert len(list(tmp_path.glob("*.npz"))) == 2 and not stale.exists()
-    datasets._recent.clear()
-    for start in (1000, 2000):
-        as_samples(texts(300, start), "text", tmp_path)
-    assert passes == [300, 300, 300]  # both still on disk, the oldest one dropped
 
 
-def test_keys_are_still_computed_where_the_keys_folder_cannot_be_written(key_memo, tmp_path):
-    datasets, passes = key_memo
-    blocked = tmp_path / "a file"
-    blocked.write_text("not a folder")
-    assert as_samples(texts(300), "text", blocked / "texts").keys.tolist() == _recipe(texts(300))
-    assert blocked.read_text() == "not a folder" and not list(tmp_path.glob("*.tmp"))
 
 
-def test_a_read_only_keys_folder_still_serves_its_lists(key_memo, tmp_path, monkeypatch):
-    import os
-
-    datasets, passes = key_memo
-    as_samples(texts(300), "text", tmp_path)
-    datasets._recent.clear()
-
-    def read_only(*args, **kwargs):
-        raise PermissionError(13, "Read-only file system")
-
-    monkeypatch.setattr(os, "utime", read_only)
-    assert as_samples(texts(300), "text", tmp_path).keys.tolist() == _recipe(texts(300))
-    assert passes == [300]

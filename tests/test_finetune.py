@@ -125,7 +125,7 @@ def test_gradual_training_unfreezes_on_the_right_epochs_and_restores_the_best(ti
 
 
 def test_image_finetune_save_load_and_new_fingerprint(image_folder, tmp_path):
-    paths, labels = featx.datasets.load_image_folder(image_folder)
+    paths, labels = featx.data.loaders.load_image_folder(image_folder)
     probe = featx.TransferClassifier(IMAGE, backbone_options={"image_size": 48}, cache_dir=tmp_path / "c").fit(paths, labels)
     result = featx.finetune(probe, paths, labels, strategy="lp-ft", epochs=2, batch_size=4, val_size=0.34,
                             cache_dir=tmp_path / "c", progress=False)

@@ -9,7 +9,8 @@ import pytest
 
 import featx
 from featx.errors import UnknownBackboneError
-from featx.registry import Registry, describe_backbones
+from featx.plugins.manager import Registry
+from featx.plugins.registry import describe_backbones
 
 
 def test_builtins_and_entry_point_plugins_are_registered():
@@ -68,7 +69,7 @@ def test_import_featx_and_help_do_not_import_torch():
 def test_public_functions_are_not_shadowed_by_their_modules():
     import featx.extraction  # noqa: F401
     import featx.finetuning  # noqa: F401
-    import featx.selection  # noqa: F401
+    import featx.selection.sweep  # noqa: F401
 
     assert all(callable(f) and f.__module__.startswith("featx.") for f in (featx.extract, featx.sweep, featx.finetune))
     assert featx.sweep.__name__ == "sweep" and featx.finetune.__name__ == "finetune"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featx.transferability import h_score, leep, logme, nce, nce_clusters, nleep
+from featx.selection.transferability import h_score, leep, logme, nce, nce_clusters, nleep
 
 
 def test_h_score_by_hand():
