@@ -204,15 +204,13 @@ def _output(path: str | None, flag: str = "--out") -> Path | None:
 
 def _write(text: str, out: Path | None) -> None:
     """``text`` to stdout, or to ``out`` atomically: the whole file or, on any failure, none."""
+    from ._fs import atomic_write
+
     if out is None:
         sys.stdout.write(text)
         return
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(out) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _csv(rows: list[list]) -> str:
