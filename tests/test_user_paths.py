@@ -270,8 +270,9 @@ def test_cache_commands(ws, swept, tmp_path):
     assert listing[0] == ["store", "backbone", "options", "count", "dim", "dtype", "size", "last used"]
     stores = {r[0]: r for r in listing[1:]}
     assert {"hf/all-MiniLM-L6-v2", "acme/colorhist"} <= {r[1] for r in stores.values()}
-    key, _, options, count, dim, _, _, last_used = next(
-        r for r in stores.values() if r[1] == "timm/tf_efficientnet_lite0" and "image_size=64" in r[2])
+    effnet = [r for r in stores.values() if r[1] == "timm/tf_efficientnet_lite0" and "image_size=64" in r[2]]
+    assert len(effnet) == 1, listing  # the store, told apart by its options
+    key, _, options, count, dim, _, _, last_used = effnet[0]
     assert int(count) >= 30 and dim == "1280" and re.fullmatch(r"just now|\d+ min ago", last_used)
     info = featx(CACHE_INFO.replace("<store>", key), ws).stdout
     assert re.search(r"^backbone +timm/tf_efficientnet_lite0$", info, re.M) and f"options      {options}" in info
