@@ -138,19 +138,21 @@ class Store:
 
     def _sync(self) -> None:
         """Adopt the shards on disk that the index does not know; forget those whose file is gone."""
-        known = {n for n, _, _ in self.index.shards().values()}  # connects: a read-only index is known then
+        known = {shard[0] for shard in self.index.shards().values()}  # connects: a read-only index is known then
         if self.index.read_only or self.folder.shards() == known:
             return
         damaged = {}
         with self.index.writing() as db:  # shards are renamed and registered with this lock held: look again
-            on_disk, known = self.folder.shards(), {n for n, _, _ in self.index.shards().values()}
+            on_disk, known = self.folder.shards(), {shard[0] for shard in self.index.shards().values()}
             for name in known - on_disk:
                 Index.drop(db, name, None)
             for name in sorted(on_disk - known):
                 try:
-                    Index.register(db, name, shards.inspect(self.path / name, self.meta), shards.stamp(self.path / name))
+                    keys, offset = shards.inspect(self.path / name, self.meta)
                 except ValueError as exc:
                     damaged[name] = str(exc)
+                else:
+                    Index.register(db, name, keys, shards.stamp(self.path / name), offset)
         for name, problem in damaged.items():
             self._quarantine(name, problem)
         for former in self.folder.former_indexes():
@@ -158,7 +160,6 @@ class Store:
 
     def _quarantine(self, name: str, reason: str) -> None:
         """Move a damaged shard aside (never delete it), with the reason beside it, and forget its keys."""
-        shards.close(self.path / name)
         try:
             self.folder.quarantine.mkdir(exist_ok=True)
             os.replace(self.path / name, self.folder.quarantine / name)
@@ -205,24 +206,23 @@ class Store:
         order = found[np.argsort(entries[found], kind="stable")]  # by shard, then row
         ids = entries[order] >> 32
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(order) else np.zeros(0, int)
-        live = self.index.shards(ids[starts])
+        live = {i: shards.Shard(self.path / name, *rest) for i, (name, *rest) in self.index.shards(ids[starts]).items()}
         for dest in np.split(order, starts[1:]) if len(order) else []:
             shard = live.get(int(entries[dest[0]] >> 32))  # None: quarantined by another process since
-            if shard is None or not self._read(*shard, entries[dest] & 0xFFFFFFFF, out, dest):
+            if shard is None or not self._read(shard, entries[dest] & 0xFFFFFFFF, out, dest):
                 entries[dest] = -1
         with suppress(OSError):
             os.utime(self.folder.meta)  # the store's last use
         return entries
 
-    def _read(self, name: str, total: int, stamp: str, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> bool:
-        """Rows of shard ``name`` into ``out[dest]``, checked finite if the file changed since it was
+    def _read(self, shard: shards.Shard, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> bool:
+        """Rows of ``shard`` into ``out[dest]``, checked finite if its file changed since it was
         registered; ``False`` if its file is gone."""
-        path = self.path / name
+        name = shard.path.name
         try:
-            shards.read(path, rows, total, out, dest, check=shards.stamp(path) != stamp)
+            shards.read(shard, self.dtype, rows, out, dest, check=shards.stamp(shard.path) != shard.stamp)
             return True
         except FileNotFoundError:
-            shards.close(path)
             with _writing_to(self.path), self.index.writing() as db:
                 Index.drop(db, name, None)
             return False
@@ -245,10 +245,10 @@ class Store:
         tmp, final = self.folder.new_shard()
         with _writing_to(self.path):
             try:
-                shards.write(tmp, keys, vectors.astype(self.dtype, copy=False), self.meta["fingerprint"])
+                offset = shards.write(tmp, keys, vectors.astype(self.dtype, copy=False), self.meta["fingerprint"])
                 with self.index.writing() as db:
                     shards.publish(tmp, final)
-                    Index.register(db, final.name, keys, shards.stamp(final))
+                    Index.register(db, final.name, keys, shards.stamp(final), offset)
             finally:
                 tmp.unlink(missing_ok=True)
         with suppress(OSError):

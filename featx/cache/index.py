@@ -1,6 +1,6 @@
 """A store's index in SQLite (WAL: readers never wait, one writer at a time, commits survive a kill).
 
-    shards   id, name, rows, stamp (size:mtime when registered), state (live | quarantined), reason
+    shards   id, name, rows, stamp (size:mtime), offset of the vectors, state (live | quarantined), reason
     keys     key -> shard, row          the first shard registered with a key keeps it
     writers  owner, host, pid, expires  a writer's lease, renewed whenever it claims
     claims   key -> owner               keys a writer is embedding right now
@@ -12,7 +12,7 @@ per key (16-byte blobs would need one bound parameter each, which measured slowe
 >>> import tempfile, numpy as np
 >>> index = Index(Path(tempfile.mkdtemp()) / "index.sqlite")
 >>> with index.writing() as db:
-...     index.register(db, "shard-1.h5", np.array([b"k1", b"k2"], "S32"), "0:0")
+...     index.register(db, "shard-1.h5", np.array([b"k1", b"k2"], "S32"), "0:0", None)
 >>> index.lookup(np.array([b"k2", b"k3"], "S32")).tolist()
 [4294967297, -1]
 """
@@ -38,7 +38,7 @@ SCHEMA = """
 PRAGMA journal_mode = WAL;
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
-                                   stamp TEXT, state TEXT NOT NULL DEFAULT 'live', reason TEXT);
+                                   stamp TEXT, offset INTEGER, state TEXT NOT NULL DEFAULT 'live', reason TEXT);
 CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, shard INTEGER NOT NULL, row INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS writers (owner TEXT PRIMARY KEY, host TEXT, pid INTEGER, expires REAL);
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL) WITHOUT ROWID;
@@ -134,18 +134,18 @@ class Index:
     def count(self) -> int:
         return self.connection.execute("SELECT count(*) FROM keys").fetchone()[0]
 
-    def shards(self, ids: np.ndarray | None = None) -> dict[int, tuple[str, int, str]]:
-        """``{id: (name, rows, stamp)}`` of the live shards (of those numbered ``ids``, if given)."""
+    def shards(self, ids: np.ndarray | None = None) -> dict[int, tuple[str, int, str, int | None]]:
+        """``{id: (name, rows, stamp, offset)}`` of the live shards (of those numbered ``ids`` if given)."""
         where = "" if ids is None else f"AND id IN ({','.join(map(str, ids.tolist()))})"
-        rows = self.connection.execute(f"SELECT id, name, rows, stamp FROM shards WHERE state = 'live' {where}")
-        return {id_: (name, n, stamp) for id_, name, n, stamp in rows}
+        rows = self.connection.execute(f"SELECT id, name, rows, stamp, offset FROM shards WHERE state = 'live' {where}")
+        return {id_: shard for id_, *shard in rows}
 
     @staticmethod
-    def register(db: sqlite3.Connection, name: str, keys: np.ndarray, stamp: str) -> None:
+    def register(db: sqlite3.Connection, name: str, keys: np.ndarray, stamp: str, offset: int | None) -> None:
         """Record a published shard and its keys (inside ``writing``): a key stored before keeps its entry."""
         db.execute("DELETE FROM shards WHERE name = ? AND state != 'live'", (name,))  # a quarantined file put back
-        (shard,) = db.execute("INSERT INTO shards (name, rows, stamp) VALUES (?, ?, ?) RETURNING id",
-                              (name, len(keys), stamp)).fetchone()
+        (shard,) = db.execute("INSERT INTO shards (name, rows, stamp, offset) VALUES (?, ?, ?, ?) RETURNING id",
+                              (name, len(keys), stamp, offset)).fetchone()
         db.execute("INSERT OR IGNORE INTO keys SELECT value, ?, key FROM json_each(?)", (shard, json_keys(keys)))
 
     @staticmethod
