@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..backbones.base import digest, write_json_atomic
+from .._fs import digest, write_json_atomic
 from ..errors import CacheError
 from . import shards
 from .index import CLAIM_TIMEOUT, FREE, HOST, MINE, STORED, WAITING, Index, pid_alive

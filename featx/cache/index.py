@@ -90,8 +90,8 @@ class Index:
             if db.execute("PRAGMA user_version").fetchone()[0] != 1:
                 db.executescript(SCHEMA)
             db.execute("PRAGMA synchronous = NORMAL")  # a commit lost to a power cut leaves its shard to adopt
-        except sqlite3.OperationalError:  # a read-only folder whose last writer closed the database
-            if not self.path.exists():
+        except sqlite3.OperationalError as exc:  # a read-only folder whose last writer closed the database?
+            if exc.sqlite_errorcode & 0xFF not in (3, 8, 14) or not self.path.exists():  # PERM, READONLY, CANTOPEN
                 raise
             self.read_only = True
             return sqlite3.connect(f"{self.path.as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._fs import fsync_dir
+
 KEY_DTYPE = "S32"
 
 
@@ -42,13 +44,9 @@ def write(tmp: Path, keys: np.ndarray, vectors: np.ndarray, fingerprint: str) ->
 
 
 def publish(tmp: Path, final: Path) -> None:
-    """Rename a written shard to its final name, durably (the folder is fsynced too)."""
+    """Rename a written shard to its final name, durably."""
     os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(final.parent)
 
 
 def stamp(path: Path) -> str:
