@@ -1,9 +1,11 @@
 """Fault injection: an extraction SIGKILLed anywhere loses nothing committed and resumes exactly.
 
 Each case kills a child process at one point (inside the model call, with a claim held, half-way
-through writing a shard, just before or after the atomic rename, while creating the store), then
-checks: verify finds no damaged shard, the resumed run embeds only what was missing, and the final
-matrix is byte-identical to an uninterrupted run.
+through writing a shard, just before or after the atomic rename, with the shard's rows inserted in
+the index but not committed, after the commit but before the claim is released, while creating the
+store), then checks: verify finds no damaged shard, the resumed run embeds only what was missing (a
+renamed shard the index missed is adopted), and the final matrix is byte-identical to an
+uninterrupted run.
 """
 
 from __future__ import annotations
