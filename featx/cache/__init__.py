@@ -192,11 +192,22 @@ class Store:
         return out
 
     def read(self, keys: Sequence[str] | np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Write the vectors of whichever ``keys`` are stored into their rows of ``out`` (float32
-        ``(len(keys), dim)``; other rows stay as they are) and return each key's entry number in the
-        store (``shard << 32 | row``; -1 where not stored).  A shard found damaged is quarantined and
-        ``DamagedShardError`` raised (read again: its samples are missing); one whose file is gone is
-        forgotten."""
+        """Write the vectors of whichever ``keys`` are stored into their rows of ``out``.
+
+        Parameters
+        ----------
+        keys : sequence of str or ``S32`` array
+            Sample keys (see ``as_keys``).
+        out : float32 array of shape ``(len(keys), dim)``
+            Receives the stored vectors; the rows of keys not stored stay as they are.
+
+        Returns
+        -------
+        int64 array
+            Each key's entry number in the store, ``shard << 32 | row`` (equal keys, equal numbers),
+            -1 where not stored.  A shard found damaged is quarantined and ``DamagedShardError``
+            raised (read again: its samples are then missing); one whose file is gone is forgotten.
+        """
         keys = as_keys(keys)
         if out.shape != (len(keys), self.dim):
             raise CacheError(f"read: out has shape {out.shape}; pass an array of shape ({len(keys)}, {self.dim}), "
@@ -330,8 +341,22 @@ class EmbeddingCache:
 
     def store(self, fingerprint: str, *, name: str, dim: int, dtype: str = "float32",
               views: dict[str, slice] | None = None, options: dict | None = None) -> Store:
-        """The store for a backbone ``fingerprint``, created on first use (with its ``options``,
-        the backbone's settings, recorded for display)."""
+        """The store of one backbone configuration, created on first use.
+
+        Parameters
+        ----------
+        fingerprint : str
+            The backbone's fingerprint (``Backbone.fingerprint()``); with ``dtype``, the store's key.
+        name, dim, views, options
+            The backbone's name, output width, named column ranges and settings (``Backbone.options``),
+            recorded in the new store's metadata for display.
+        dtype : {"float32", "float16"}
+            How the vectors are stored.
+
+        Returns
+        -------
+        Store
+        """
         if dtype not in STORAGE_DTYPES:
             raise CacheError(f"storage dtype {dtype!r} is not supported; use one of {STORAGE_DTYPES}")
         folder = StoreFolder(self.root / self.store_key(fingerprint, dtype))
@@ -359,8 +384,19 @@ class EmbeddingCache:
         return matches[0]
 
     def remove(self, prefix: str) -> StoreInfo:
-        """Delete the store ``prefix`` names (as ``find``) and return what it held; its metadata
-        goes first, so a removal cut short leaves files but no store."""
+        """Delete one store with all its files (its metadata first: a removal cut short leaves files
+        but no store).
+
+        Parameters
+        ----------
+        prefix : str
+            Names the store as ``find`` does: a prefix of its key or fingerprint, or its backbone name.
+
+        Returns
+        -------
+        StoreInfo
+            What the store held.
+        """
         store = self.find(prefix)
         info = store.info()
         with _indexes_lock:
@@ -371,7 +407,18 @@ class EmbeddingCache:
         return info
 
     def prune(self, older_than: float) -> list[StoreInfo]:
-        """Delete the stores not read or written for ``older_than`` seconds; returns what they held."""
+        """Delete the stores not read or written for ``older_than`` seconds.
+
+        Parameters
+        ----------
+        older_than : float
+            Seconds since a store's last use (``StoreInfo.last_used``).
+
+        Returns
+        -------
+        list of StoreInfo
+            What the removed stores held.
+        """
         now = time.time()
         return [self.remove(s.path.name) for s in self.stores() if now - s.folder.meta.stat().st_mtime > older_than]
 
