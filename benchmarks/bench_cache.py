@@ -6,7 +6,7 @@
 - a warm TransferClassifier.fit on 10k cached samples: share of time outside the head's own fit (< 5 %):
   the fit with a do-nothing head (label checks, hashing, look-up, read) / (that + the logistic
   regression's own fit), each the best of 9 interleaved rounds; also the first such fit of a
-  process (no remembered keys, store index built from the shard files)
+  process (no remembered keys, the store's SQLite index connected anew)
 - peak RSS while extracting 50k vs 200k texts, and 12.5k vs 50k images, minus the output matrix
   (flat = no growth with n)
 """
