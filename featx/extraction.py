@@ -118,7 +118,8 @@ def _load(samples: Samples, indices: list[int], backbone: Backbone, num_workers:
 def open_store(backbone: Backbone, cache_dir=None, dtype: str = "float32") -> Store:
     """The cache store holding ``backbone``'s embeddings."""
     return EmbeddingCache(cache_dir).store(
-        backbone.fingerprint(), name=backbone.name, dim=backbone.dim, dtype=dtype, views=backbone.views
+        backbone.fingerprint(), name=backbone.name, dim=backbone.dim, dtype=dtype, views=backbone.views,
+        options=backbone.options,
     )
 
 

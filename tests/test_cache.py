@@ -1,14 +1,21 @@
-"""The cache is content-addressed: hits, misses, dedup and invalidation are counted exactly."""
+"""The cache is content-addressed: hits, misses, dedup and invalidation are counted exactly; the store
+keeps every committed shard, adopts what its index missed and quarantines what is damaged."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 import featx
-from featx.cache import SNAPSHOT, EmbeddingCache
+from featx.cache import CacheWarning, DamagedShardError, EmbeddingCache
 from featx.data.samples import as_samples
 from featx.errors import CacheError
 from featx.extraction import extract
@@ -163,135 +170,6 @@ def test_keys_are_the_hex_content_digests_the_cache_has_always_used():
                                           for t in ["a cat", "naïve café"]]
 
 
-def test_index_keeps_the_oldest_entry_and_counts_each_key_once(cache_dir):
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=2)
-    store.put(["a", "b"], np.array([[1, 1], [2, 2]], np.float32))
-    assert len(store) == 2
-    store.put(["b", "c"], np.array([[9, 9], [3, 3]], np.float32))  # a racing writer stored "b" again
-    for n in range(4):  # enough shards for the index to merge its runs
-        store.put([f"x{n}"], np.full((1, 2), n, np.float32))
-    assert len(store) == 7
-    np.testing.assert_array_equal(store.get(["c", "b", "a"]), [[3, 3], [2, 2], [1, 1]])
-    assert store.contains(["a", "zz", "x3"]).tolist() == [True, False, True]
-
-
-def test_second_store_object_reuses_the_index_and_sees_removed_shards(counting, cache_dir, monkeypatch):
-    import featx.cache as cache_module
-
-    extract(counting, texts(300), cache_dir=cache_dir, chunk_size=100, batch_size=50)
-    read = []
-    original = cache_module._Index.add
-    monkeypatch.setattr(cache_module._Index, "add", lambda self, shards: (read.extend(shards), original(self, shards))[1])
-    again = extract(counting, texts(300), cache_dir=cache_dir)
-    assert again.stats.hits == 300 and read == []  # no shard's keys read a second time in this process
-    store = next(iter(EmbeddingCache(cache_dir).stores()))
-    next(iter(store.path.glob("shard-*.h5"))).unlink()  # someone deletes a shard by hand
-    keys = as_samples(texts(300), "text").keys
-    assert store.contains(keys).sum() == 200
-    result = extract(counting, texts(300), cache_dir=cache_dir)
-    assert result.stats.embedded == 100 and store.contains(keys).all()
-
-
-def test_store_keys_longer_than_32_characters_are_refused(cache_dir):
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    with pytest.raises(CacheError, match="at most 32"):
-        store.put(["k" * 33], np.ones((1, 1), np.float32))
-
-
-def test_keys_sharing_their_first_eight_bytes_are_told_apart(cache_dir):
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    keys = ["prefix00", "prefix00a", "prefix00b", "prefix00zz", "prefix01"]  # the index searches the first 8 bytes
-    store.put(keys[::2], np.array([[0], [2], [4]], np.float32))
-    store.put(keys[1::2], np.array([[1], [3]], np.float32))
-    asked = ["prefix00b", "prefix00c", "prefix00", "prefix00zz", "prefix00a", "prefix01", "prefix0"]
-    assert store.contains(asked).tolist() == [True, False, True, True, True, True, False]
-    np.testing.assert_array_equal(store.get([k for k in asked if k not in ("prefix00c", "prefix0")])[:, 0],
-                                  [2, 0, 3, 1, 4])
-
-
-def test_merging_index_runs_equals_sorting_all_their_entries_oldest_first():
-    from featx.cache import _Run
-
-    rng = np.random.default_rng(0)
-    pool = np.asarray([f"{p}{s}" for p in ("prefix00", "prefix01", "zz") for s in ("", "a", "b", "c", "zz", "0")],
-                      dtype="S32")  # many keys share their first 8 bytes
-    for _ in range(50):
-        older, newer = (rng.choice(pool, rng.integers(0, 12)) for _ in range(2))
-        runs = [_Run.build(k, np.full(len(k), i, np.int32), np.arange(len(k), dtype=np.int32))
-                for i, k in enumerate([older, newer])]
-        merged = _Run.merge(*runs)
-        expected = _Run.build(np.concatenate([older, newer]), np.repeat([0, 1], [len(older), len(newer)]).astype(np.int32),
-                              np.concatenate([np.arange(len(older)), np.arange(len(newer))]).astype(np.int32))
-        for field in ("keys", "heads", "shard", "row"):
-            np.testing.assert_array_equal(getattr(merged, field), getattr(expected, field))
-
-
-def test_read_fills_stored_rows_numbers_entries_and_leaves_the_rest(cache_dir):
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=2)
-    store.put(["a", "b"], np.array([[1, 1], [2, 2]], np.float32))
-    store.put(["c"], np.array([[3, 3]], np.float32))
-    out = np.full((5, 2), -7, np.float32)
-    entries = store.read(["c", "x", "a", "c", "b"], out)
-    np.testing.assert_array_equal(out, [[3, 3], [-7, -7], [1, 1], [3, 3], [2, 2]])
-    assert entries[1] == -1 and entries[0] == entries[3] and len(set(entries[[0, 2, 4]])) == 3
-    with pytest.raises(CacheError, match=r"shape \(4, 2\).*\(5, 2\)"):
-        store.read(["c", "x", "a", "c", "b"], np.zeros((4, 2), np.float32))
-
-
-def test_runs_merged_by_a_read_keep_every_entry_and_the_oldest_one(cache_dir, monkeypatch):
-    import featx.cache as cache_module
-
-    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self: None)  # saving merges the runs too
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    for n in range(7):  # one refresh per shard: the index holds several runs
-        store.put([f"k{n}", "dup"], np.array([[n], [100 + n]], np.float32))
-        store.contains(["dup"])
-    assert len(store._index.runs) > 1
-    got = store.get([f"k{n}" for n in range(7)] + ["dup"])[:, 0]
-    assert len(store._index.runs) == 1
-    np.testing.assert_array_equal(got, [0, 1, 2, 3, 4, 5, 6, 100])
-
-
-def _write_shard(store, name, keys, vectors, **options):
-    import h5py
-
-    with h5py.File(store.path / name, "w") as f:
-        f.create_dataset("keys", data=np.asarray(keys, dtype="S32"))
-        f.create_dataset("vectors", data=vectors, **options)
-        f.attrs["fingerprint"] = store.meta["fingerprint"]
-
-
-@pytest.mark.parametrize("options", [{"compression": "gzip", "chunks": (2, 3)}, {"dtype": ">f4"}],
-                         ids=["compressed", "big-endian"])
-def test_shards_another_writer_laid_out_differently_are_read_through_hdf5(cache_dir, options):
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
-    store.put(["plain"], np.ones((1, 3), np.float32))
-    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
-    _write_shard(store, "shard-00000000000000000001-1-other.h5", ["w", "x", "y", "z"], vectors, **options)
-    np.testing.assert_array_equal(store.get(["z", "plain", "x", "w", "y"]),
-                                  [vectors[3], [1, 1, 1], vectors[1], vectors[0], vectors[2]])
-    np.testing.assert_array_equal(store.get(["y"]), vectors[[2]])  # one row of four: a sparse read
-    assert sorted(shard.offset is None for shard in store._index.shards) == [False, True]
-
-
-def test_a_shard_rewritten_with_nan_is_quarantined_on_read_and_re_embedded(counting, cache_dir):
-    from featx.cache import CacheWarning
-
-    first = extract(counting, texts(40), cache_dir=cache_dir, chunk_size=10)  # read once whole: checked
-    (store,) = EmbeddingCache(cache_dir).stores()
-    store.refresh()
-    victim = store._index.shards[1]
-    with open(store.path / victim.name, "r+b") as f:  # garbage over row 3, in place: same layout, same size
-        f.seek(victim.offset + 3 * store.dim * 4)
-        f.write(np.full(store.dim, np.nan, np.float32).tobytes())
-    counting.embedded.clear()
-    with pytest.warns(CacheWarning, match="NaN or infinity"):
-        again = extract(counting, texts(40), cache_dir=cache_dir)
-    assert len(counting.embedded) == 10 and again.stats.embedded == 10
-    assert (store.path / "quarantine" / victim.name).exists()
-    np.testing.assert_array_equal(again.vectors, first.vectors)
-
-
 def test_unique_counts_distinct_samples_among_hits_and_misses(counting, cache_dir):
     assert extract(counting, ["a", "b", "a"], cache_dir=cache_dir).stats.unique == 2
     stats = extract(counting, ["a", "a", "c", "c", "d", "b"], cache_dir=cache_dir).stats
@@ -342,6 +220,338 @@ def test_text_subclasses_such_as_numpy_strings_get_the_same_keys():
     np.testing.assert_array_equal(as_samples(list(np.array(texts_)), "text").keys, as_samples(texts_, "text").keys)
 
 
+
+# -- the store itself, through its public API --
+
+def _store(cache_dir, dim=1):
+    return EmbeddingCache(cache_dir).store("fp", name="t", dim=dim)
+
+
+def _vectors(values):
+    return np.asarray(values, np.float32)[:, None]
+
+
+def _write_shard(folder, name, keys, vectors, **options):
+    """A shard as another writer (or an earlier featx) leaves it, whole, that no index knows yet."""
+    import h5py
+
+    with h5py.File(folder / name, "w") as f:
+        f.create_dataset("keys", data=np.asarray(keys, dtype="S32"))
+        f.create_dataset("vectors", data=vectors, **options)
+        f.attrs["fingerprint"] = "fp"
+
+
+def _child(code, *args):
+    """Run ``code`` in a new Python process (this test's environment); returns its stdout."""
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_first_entry_of_a_key_wins_and_each_key_counts_once(cache_dir):
+    store = _store(cache_dir, dim=2)
+    store.put(["a", "b"], [[1, 1], [2, 2]])
+    store.put(["b", "c"], [[9, 9], [3, 3]])  # a racing writer stored "b" again
+    assert len(store) == 3 == len(_store(cache_dir, dim=2))
+    np.testing.assert_array_equal(store.get(["c", "b", "a"]), [[3, 3], [2, 2], [1, 1]])
+    assert store.contains(["a", "zz", "c"]).tolist() == [True, False, True]
+    with pytest.raises(CacheError, match="sample key zz is not in the cache store"):
+        store.get(["a", "zz"])
+
+
+def test_read_fills_stored_rows_numbers_entries_and_leaves_the_rest(cache_dir):
+    store = _store(cache_dir, dim=2)
+    store.put(["a", "b"], np.array([[1, 1], [2, 2]], np.float32))
+    store.put(["c"], np.array([[3, 3]], np.float32))
+    out = np.full((5, 2), -7, np.float32)
+    entries = store.read(["c", "x", "a", "c", "b"], out)
+    np.testing.assert_array_equal(out, [[3, 3], [-7, -7], [1, 1], [3, 3], [2, 2]])
+    assert entries[1] == -1 and entries[0] == entries[3] and len(set(entries[[0, 2, 4]])) == 3
+    assert {int(e) >> 32 for e in entries[[0, 2, 4]]} == {1, 2} and sorted(int(e) & 0xFFFFFFFF for e in entries) == [0, 0, 0, 1, 2 ** 32 - 1]
+    with pytest.raises(CacheError, match=r"shape \(4, 2\).*\(5, 2\)"):
+        store.read(["c", "x", "a", "c", "b"], np.zeros((4, 2), np.float32))
+
+
+@pytest.mark.parametrize("key", ["k" * 33, 'a "quoted" key', "back\\slash", "naïve", "tab\there"])
+def test_keys_other_than_short_printable_ascii_are_refused(cache_dir, key):
+    with pytest.raises(CacheError, match="at most 32 printable ASCII characters"):
+        _store(cache_dir).put([key], np.ones((1, 1), np.float32))
+
+
+def test_vectors_that_do_not_fit_are_refused_before_anything_is_written(cache_dir):
+    store = _store(cache_dir, dim=2)
+    with pytest.raises(CacheError, match=r"2 keys but vectors of shape \(2, 3\)"):
+        store.put(["a", "b"], np.ones((2, 3), np.float32))
+    with pytest.raises(CacheError, match="NaN or infinity"):
+        store.put(["a"], np.array([[1, np.inf]], np.float32))
+    assert len(store) == 0 and not list(store.path.glob("*shard-*"))
+
+
+def test_look_ups_are_batched_a_statement_per_block_of_keys(cache_dir):
+    store = _store(cache_dir)
+    keys = np.asarray([f"{i:032x}" for i in range(100_000)], dtype="S32")
+    store.put(keys, np.arange(len(keys), dtype=np.float32)[:, None])
+    statements = []
+    store.index.connection.set_trace_callback(statements.append)
+    try:
+        assert store.contains(keys[::-1]).all()
+        np.testing.assert_array_equal(store.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
+    finally:
+        store.index.connection.set_trace_callback(None)
+    assert len(statements) == 5  # 2 blocks of keys for each look-up, and the shards read from
+
+
+def test_a_shard_the_index_does_not_know_is_adopted_when_the_store_is_next_opened(cache_dir):
+    store = _store(cache_dir)
+    store.put(["a", "b"], _vectors([1, 2]))
+    # as a writer killed between its shard's rename and the index's commit leaves it
+    _write_shard(store.path, "shard-00000000000000000001-1-unknown0.h5", ["b", "c"], _vectors([20, 3]))
+    assert not store.contains(["c"]).any()
+    again = _store(cache_dir)
+    assert len(again) == 3 and again.info().shards == 2
+    np.testing.assert_array_equal(again.get(["a", "b", "c"])[:, 0], [1, 2, 3])  # "b" is counted once, first copy
+    assert len(_store(cache_dir)) == 3
+
+
+@pytest.mark.parametrize("options", [{"compression": "gzip", "chunks": (2, 3)}, {"dtype": ">f4"}],
+                         ids=["compressed", "big-endian"])
+def test_shards_another_writer_laid_out_differently_are_read_through_hdf5(cache_dir, options):
+    _store(cache_dir, dim=3).put(["plain"], np.ones((1, 3), np.float32))
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    _write_shard(_store(cache_dir, dim=3).path, "shard-00000000000000000001-1-other000.h5", ["w", "x", "y", "z"],
+                 vectors, **options)
+    store = _store(cache_dir, dim=3)
+    np.testing.assert_array_equal(store.get(["z", "plain", "x", "w", "y"]),
+                                  [vectors[3], [1, 1, 1], vectors[1], vectors[0], vectors[2]])
+    np.testing.assert_array_equal(store.get(["y"]), vectors[[2]])  # one row of four: a selection
+
+
+def test_a_store_folder_of_an_earlier_version_is_indexed_from_its_shards_once(cache_dir, monkeypatch):
+    import h5py
+
+    folder = cache_dir / EmbeddingCache.store_key("fp")
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"format": "featx-store-v1", "name": "t", "fingerprint": "fp", "dim": 1,
+                                                  "dtype": "float32", "created": "2025-01-01T00:00:00Z",
+                                                  "views": {"all": [0, 1]}}))
+    keys = [f"{i:032x}" for i in range(30)]
+    for i in range(3):
+        _write_shard(folder, f"shard-{i:020d}-1-former{i:02d}.h5", keys[10 * i:10 * i + 10], _vectors(range(10 * i, 10 * i + 10)))
+    (folder / "index.bin").write_bytes(b"records, shard table and trailer, as earlier versions wrote them")
+    (folder / "index.npz").write_bytes(b"an even earlier index")
+    store = EmbeddingCache(cache_dir).find("t")
+    assert len(store) == 30 and not (folder / "index.bin").exists() and not (folder / "index.npz").exists()
+    np.testing.assert_array_equal(store.get(keys[::-1])[:, 0], np.arange(30)[::-1])
+    opened = []
+    real = h5py.File
+    monkeypatch.setattr(h5py, "File", lambda *args, **kwargs: opened.append(args[0]) or real(*args, **kwargs))
+    assert EmbeddingCache(cache_dir).find("t").contains(keys).all() and opened == []  # indexed once: no shard read again
+
+
+def test_a_shard_deleted_by_hand_is_forgotten_and_its_samples_embedded_again(counting, cache_dir):
+    extract(counting, texts(300), cache_dir=cache_dir, chunk_size=100, batch_size=50)
+    (store,) = EmbeddingCache(cache_dir).stores()
+    sorted(store.path.glob("shard-*.h5"))[0].unlink()
+    keys = as_samples(texts(300), "text").keys
+    assert EmbeddingCache(cache_dir).stores()[0].contains(keys).sum() == 200 == len(store)
+    counting.embedded.clear()
+    result = extract(counting, texts(300), cache_dir=cache_dir)
+    assert result.stats.embedded == 100 == len(counting.embedded) and store.contains(keys).all()
+
+
+def _overwrite_row(path, row, values):
+    """Overwrite one row of a shard's vectors in place (same file, same size, new contents)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        offset, dim = f["vectors"].id.get_offset(), f["vectors"].shape[1]
+    with open(path, "r+b") as f:
+        f.seek(offset + row * dim * 4)
+        f.write(np.asarray(values, np.float32).tobytes())
+
+
+def test_a_shard_rewritten_with_nan_is_quarantined_on_read_and_re_embedded(counting, cache_dir):
+    first = extract(counting, texts(40), cache_dir=cache_dir, chunk_size=10)
+    (store,) = EmbeddingCache(cache_dir).stores()
+    victim = sorted(store.path.glob("shard-*.h5"))[1]
+    _overwrite_row(victim, 3, np.full(store.dim, np.nan))
+    counting.embedded.clear()
+    with pytest.warns(CacheWarning, match="NaN or infinity"):
+        again = extract(counting, texts(40), cache_dir=cache_dir)
+    assert len(counting.embedded) == 10 and again.stats.embedded == 10
+    assert (store.path / "quarantine" / victim.name).exists()
+    assert "NaN" in (store.path / "quarantine" / f"{victim.name}.reason.txt").read_text()
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+
+
+def test_a_truncated_shard_is_quarantined_when_read(cache_dir):
+    store = _store(cache_dir)
+    store.put(["a", "b"], _vectors([1, 2]))
+    store.put(["c"], _vectors([3]))
+    victim = min(store.path.glob("shard-*.h5"))
+    store.get(["a", "c"])  # read handles open, as in a running process
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.warns(CacheWarning, match="quarantine"), pytest.raises(DamagedShardError, match=victim.name):
+        store.get(["c", "a"])
+    assert store.contains(["a", "b", "c"]).tolist() == [False, False, True] and len(store) == 1
+    assert (store.path / "quarantine" / victim.name).stat().st_size == 1000  # kept, never deleted
+    store.put(["a"], _vectors([10]))  # embedded again
+    np.testing.assert_array_equal(store.get(["a", "c"])[:, 0], [10, 3])
+
+
+def test_a_damaged_shard_found_when_the_store_is_opened_is_quarantined(cache_dir):
+    store = _store(cache_dir)
+    store.put(["a"], _vectors([1]))
+    _write_shard(store.path, "shard-00000000000000000001-1-nan00000.h5", ["b"], _vectors([np.nan]))
+    with pytest.warns(CacheWarning, match="NaN or infinity"):
+        assert len(_store(cache_dir)) == 1
+    assert (store.path / "quarantine" / "shard-00000000000000000001-1-nan00000.h5").exists()
+    assert _store(cache_dir).verify().ok
+
+
+FILL_CHILD = """
+import sys, numpy as np
+from featx.cache import EmbeddingCache
+store = EmbeddingCache(sys.argv[1]).store("fp", name="t", dim=1)
+store.put(["a", "b"], np.ones((2, 1), np.float32))
+store.put(["c"], np.full((1, 1), 3, np.float32))
+"""
+READ_CHILD = """
+import sys
+from featx.cache import EmbeddingCache
+store = EmbeddingCache(sys.argv[1]).store("fp", name="t", dim=1)
+print(len(store), store.get(["c", "a", "b"]).ravel().tolist())
+"""
+
+
+@pytest.mark.parametrize("damage", [b"not a database, but garbage" * 100, b""])
+def test_a_damaged_index_is_set_aside_and_rebuilt_from_the_shards(cache_dir, damage):
+    _child(FILL_CHILD, cache_dir)  # written by a process that has ended
+    (index,) = cache_dir.glob("*/index.sqlite")
+    assert not index.with_name("index.sqlite-wal").exists()  # all of it in the database file
+    index.write_bytes(damage)
+    assert _child(READ_CHILD, cache_dir).strip() == "3 [3.0, 1.0, 1.0]"
+    assert bool(damage) == bool(list(index.parent.glob("quarantine/index.sqlite.*")))
+
+
+READ_ONLY_CHILD = """
+import sys, numpy as np
+from featx.cache import EmbeddingCache
+from featx.errors import CacheError
+store = EmbeddingCache(sys.argv[1]).store("fp", name="t", dim=1)
+print(len(store), store.get(["c", "a"]).ravel().tolist(), store.contains(["a", "z"]).tolist())
+try:
+    store.put(["z"], np.zeros((1, 1), np.float32))
+except CacheError as exc:
+    print(exc)
+"""
+
+
+@contextmanager
+def read_only(folder):
+    """``folder`` and all in it read-only for this user (root: immutable, as root ignores permissions)."""
+    paths = [folder, *folder.rglob("*")]
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode:
+            pytest.skip("root here cannot make a folder read-only (chattr +i)")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+    else:
+        modes = [p.stat().st_mode for p in paths]
+        for p in paths:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            for p, mode in zip(paths, modes):
+                p.chmod(mode)
+
+
+def test_a_read_only_cache_folder_is_still_read_and_a_write_says_why_not(cache_dir):
+    _child(FILL_CHILD, cache_dir)  # the last writer has closed the index
+    before = sorted(p.name for p in cache_dir.rglob("*"))
+    with read_only(cache_dir):
+        found, error = _child(READ_ONLY_CHILD, cache_dir).splitlines()
+    assert found == "3 [3.0, 1.0] [True, False]"
+    assert error.startswith(f"cannot write to the embedding cache '{cache_dir}") and "fix its permissions" in error
+    assert sorted(p.name for p in cache_dir.rglob("*")) == before  # nothing written
+
+
+def test_a_full_index_database_is_a_cache_error_with_a_hint(cache_dir):
+    store = _store(cache_dir)
+    store.put(["a"], _vectors([1]))
+    db = store.index.connection
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")  # no room for one more page
+    keys = [f"{i:032x}" for i in range(5000)]
+    with pytest.raises(CacheError, match="the disk is full; free space or pass another cache_dir"):
+        store.put(keys, np.zeros((len(keys), 1), np.float32))
+    db.execute("PRAGMA max_page_count = 1073741823")
+    assert len(store) == 1 and store.contains(["a"]).all()
+    assert len(_store(cache_dir)) == 5001  # the shard was renamed before the commit failed: adopted on opening
+
+
+def _read_in_child(cache_dir):
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
+    store.put([f"child-{os.getpid()}"], _vectors([os.getpid()]))
+    return store.get(["a", f"child-{os.getpid()}"])[:, 0].tolist(), os.getpid()
+
+
+def test_forked_children_and_threads_use_a_store_opened_before_them(cache_dir):
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = _store(cache_dir)
+    store.put(["a"], _vectors([1]))
+    store.get(["a"])  # this process's connection and read handle are open when it forks
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_read_in_child, [cache_dir] * 4)
+    assert all(values == [1, pid] for values, pid in results)
+
+    def work(t):
+        keys = [f"t{t}-{i}" for i in range(40)]
+        for lo in range(0, 40, 10):
+            store.put(keys[lo:lo + 10], _vectors(range(lo, lo + 10)))
+            assert store.contains(keys[:lo + 10]).all()
+        return store.get(keys)[:, 0].tolist()
+
+    with ThreadPoolExecutor(4) as threads:
+        assert list(threads.map(work, range(4))) == [list(range(40))] * 4
+    assert len(store) == 1 + len({pid for _, pid in results}) + 160 and store.verify().ok
+
+
+def test_store_info_options_and_last_use(cache_dir):
+    cache = EmbeddingCache(cache_dir)
+    store = cache.store("fp", name="t", dim=1, options={"pooling": "avg", "layers": None})
+    store.put(["a"], _vectors([1]))
+    info = store.info()
+    assert (info.options, info.count, info.shards, info.name) == ({"pooling": "avg", "layers": None}, 1, 1, "t")
+    assert info.created.endswith("Z") and abs(time.time() - info.last_used) < 60 and info.bytes > 0
+    assert cache.stores()[0].info().options == info.options
+    assert cache.results_dir == cache_dir / "results"
+
+
+def test_prune_removes_the_stores_not_used_lately_and_remove_one_by_name(cache_dir):
+    cache = EmbeddingCache(cache_dir)
+    old, recent = (cache.store(fp, name=fp, dim=1) for fp in ("old-fp", "recent-fp"))
+    old.put(["a"], _vectors([1]))
+    recent.put(["b"], _vectors([2]))
+    hour_ago = time.time() - 3600
+    for store in (old, recent):
+        os.utime(store.path / "meta.json", (hour_ago, hour_ago))  # as if last used an hour ago
+    assert recent.get(["b"])[0, 0] == 2  # a read is a use
+    (pruned,) = cache.prune(older_than=600)
+    assert (pruned.name, pruned.count) == ("old-fp", 1) and not old.path.exists()
+    assert [s.meta["name"] for s in cache.stores()] == ["recent-fp"] and cache.prune(older_than=600) == []
+    removed = cache.remove("recent")
+    assert removed.name == "recent-fp" and cache.stores() == [] and not recent.path.exists()
+    with pytest.raises(CacheError, match="no store .* match 'recent'"):
+        cache.remove("recent")
+    again = cache.store("recent-fp", name="recent-fp", dim=1)  # made anew, in the same process
+    assert len(again) == 0 and not again.contains(["b"]).any()
+
+
 def _recipe(texts_):
     import hashlib
 
@@ -357,253 +567,6 @@ def _recipe(texts_):
 
 
 
-
-
-def _filled_store(cache_dir, shards=12, rows=50):
-    """A store of ``shards`` shards, each key's vector holding its number; all read once."""
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
-    keys = np.asarray([f"{i:032x}" for i in range(shards * rows)], dtype="S32")
-    for lo in range(0, len(keys), rows):
-        store.put(keys[lo:lo + rows], np.repeat(np.arange(lo, lo + rows, dtype=np.float32)[:, None], 3, axis=1))
-    store.get(keys)
-    return store, keys
-
-
-@pytest.fixture
-def new_process(monkeypatch):
-    """Start over as a new process would (no index in memory); returns the shard files opened since."""
-    import featx.cache as cache_module
-
-    def start():
-        monkeypatch.setattr(cache_module, "_indexes", {})
-        opened.clear()
-        return opened
-
-    opened: list[str] = []
-    real = cache_module._Index.open
-    monkeypatch.setattr(cache_module._Index, "open", lambda self, name: opened.append(name) or real(self, name))
-    return start
-
-
-def test_a_new_process_reads_the_saved_index_instead_of_every_shard(cache_dir, new_process):
-    store, keys = _filled_store(cache_dir)
-    assert (store.path / SNAPSHOT).is_file()
-    opened = new_process()
-    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
-    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
-    assert opened == []  # no shard opened through HDF5, vectors read at their saved offsets
-    assert all(shard.checked == shard.stamp for shard in fresh._index.shards)  # found finite before: not again
-
-
-def test_a_stale_saved_index_is_completed_from_the_shards_as_they_are_now(cache_dir, new_process):
-    import h5py
-
-    store, keys = _filled_store(cache_dir)
-    saved = (store.path / SNAPSHOT).read_bytes()
-    more = np.asarray([f"{i:032x}" for i in range(1000, 1040)], dtype="S32")
-    store.put(more, np.full((40, 3), 5, np.float32))
-    shards = sorted(store.path.glob("shard-*.h5"))
-    shards[0].unlink()  # deleted by hand: its 50 keys are gone
-    with h5py.File(shards[1], "r") as f:
-        replaced_keys = f["keys"][...]
-    shards[1].unlink()
-    with h5py.File(shards[1], "w") as f:  # rewritten in place under its old name, other vectors
-        f.create_dataset("keys", data=replaced_keys)
-        f.create_dataset("vectors", data=np.full((len(replaced_keys), 3), 7, np.float32))
-        f.attrs["fingerprint"] = "fp"
-    (store.path / SNAPSHOT).write_bytes(saved)  # as saved before all this
-    opened = new_process()
-    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
-    everything = np.concatenate([keys, more])
-    assert fresh.contains(everything).sum() == len(everything) - 50
-    assert not fresh.contains(keys[:50]).any()
-    np.testing.assert_array_equal(fresh.get(replaced_keys), 7)
-    np.testing.assert_array_equal(fresh.get(more), 5)
-    np.testing.assert_array_equal(fresh.get(keys[100:])[:, 0], np.arange(100, len(keys)))
-    assert sorted(opened) == sorted({shards[1].name, shards[-1].name})  # only what the saved index did not describe
-
-
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped byte"])
-def test_a_damaged_saved_index_is_ignored_and_written_again(cache_dir, new_process, damage):
-    store, keys = _filled_store(cache_dir)
-    path = store.path / SNAPSHOT
-    data = bytearray(path.read_bytes())
-    if damage == "flipped byte":
-        data[len(data) // 2] ^= 0x01
-    path.write_bytes({"garbage": b"not an index", "truncated": bytes(data[:len(data) // 2])}.get(damage, bytes(data)))
-    opened = new_process()
-    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
-    np.testing.assert_array_equal(fresh.get(keys)[:, 0], np.arange(len(keys)))
-    assert len(opened) == 12  # every shard read from its own file
-    assert new_process() == [] and EmbeddingCache(cache_dir).store("fp", name="t", dim=3).contains(keys).all()
-    assert opened == []  # the index was saved whole again
-
-
-def test_the_snapshot_of_earlier_versions_is_removed_once_the_index_is_saved(cache_dir):
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
-    (store.path / "index.npz").write_bytes(b"a whole-index snapshot as featx wrote it before")
-    store.put(["k1"], np.ones((1, 3), np.float32))
-    assert store.contains(["k1"]).all()  # indexed, and saved as index.bin
-    assert (store.path / "index.bin").is_file() and not (store.path / "index.npz").exists()
-
-
-def test_an_index_that_cannot_be_saved_costs_nothing_but_speed(cache_dir, monkeypatch):
-    import featx.cache as cache_module
-
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(cache_module._Index, "_write", full_disk)
-    store, keys = _filled_store(cache_dir)
-    np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
-    assert not (store.path / SNAPSHOT).exists() and not list(store.path.glob(".tmp-*"))
-
-
-def _vectors(values):
-    return np.asarray(values, np.float32)[:, None]
-
-
-def test_a_saved_index_is_searched_page_by_page_on_disk(cache_dir, new_process, monkeypatch):
-    import featx.cache as cache_module
-
-    monkeypatch.setattr(cache_module, "PAGE", 4)
-    monkeypatch.setattr(cache_module, "READ_PAGES", 3)
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    same_head = [f"samehead{i:03d}" for i in range(0, 120, 2)]  # all share their first 8 bytes, over many pages
-    hexes = [f"{i:032x}" for i in range(0, 300, 3)]
-    keys = np.asarray(same_head + hexes, dtype="S32")
-    for lo in range(0, len(keys), 40):
-        store.put(keys[lo:lo + 40], _vectors(np.arange(lo, min(lo + 40, len(keys)))))
-    store.get(keys)
-    opened = new_process()
-    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    absent = [f"samehead{i:03d}" for i in range(1, 120, 2)] + [f"{i:032x}" for i in range(1, 300, 3)]
-    asked = np.asarray(list(keys[::-1]) + absent + ["samehead", "samehead999", "0", "zzz"], dtype="S32")
-    assert fresh.contains(asked).tolist() == [True] * len(keys) + [False] * (len(absent) + 4)
-    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
-    base = fresh._index.base
-    assert opened == [] and fresh._index.runs == [] and base.count == len(keys) == len(fresh)
-    assert len(base.fences) == len(keys) // 4  # one first key per page held in memory, no entries
-
-
-def test_the_base_entry_of_a_key_wins_over_a_newer_one_in_memory(cache_dir, monkeypatch):
-    import featx.cache as cache_module
-
-    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self: None)  # saved below, by hand
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    store.put(["a", "b"], _vectors([1, 2]))
-    store.contains(["a"])
-    index = store._index
-    index.save()  # the base
-    store.put(["b", "c"], _vectors([20, 3]))  # a racing writer stored "b" again
-    store.contains(["a"])
-    assert (index.base.count, index.delta()) == (2, 2)
-    np.testing.assert_array_equal(store.get(["c", "b", "a"])[:, 0], [3, 2, 1])
-    assert len(store) == 3
-    index.save()
-    assert (index.base.count, index.delta()) == (3, 0)
-    np.testing.assert_array_equal(store.get(["c", "b", "a"])[:, 0], [3, 2, 1])
-
-
-def test_a_dead_shards_base_entries_hide_no_newer_copy_and_are_not_counted(cache_dir, new_process, monkeypatch):
-    import featx.cache as cache_module
-
-    monkeypatch.setattr(cache_module._Index, "save_if_due", lambda self: None)  # saved below, by hand
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    store.put(["a", "b"], _vectors([1, 2]))
-    store.put(["c"], _vectors([3]))
-    store.contains(["a"])
-    store._index.save()
-    assert store._index.base.count == 3
-    store.put(["b", "d"], _vectors([20, 4]))  # "b" again, and "d" twice, in the delta
-    store.put(["d", "e"], _vectors([40, 5]))
-    assert len(store) == 5
-    first = min(store.path.glob("shard-*.h5"))
-    first.unlink()  # the shard of "a" and the base's "b" is removed by hand
-    assert len(store) == 4
-    assert store.contains(["a", "b", "c", "d", "e"]).tolist() == [False, True, True, True, True]
-    np.testing.assert_array_equal(store.get(["b", "d", "e", "c"])[:, 0], [20, 4, 5, 3])
-    store._index.save()  # the rewritten base drops the dead entries
-    assert (store._index.base.count, store._index.delta(), len(store)) == (4, 0, 4)
-    new_process()
-    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    np.testing.assert_array_equal(fresh.get(["b", "d", "e", "c"])[:, 0], [20, 4, 5, 3])
-    assert len(fresh) == 4 and not fresh.contains(["a"]).any()
-
-
-def test_the_delta_in_memory_stays_bounded_and_spills_to_disk(cache_dir, new_process, monkeypatch):
-    import featx.cache as cache_module
-
-    monkeypatch.setattr(cache_module, "DELTA_MIN", 100)
-    monkeypatch.setattr(cache_module, "DELTA_MAX", 200)
-    monkeypatch.setattr(cache_module, "PAGE", 4)  # rewrites stream many pieces of the base
-    monkeypatch.setattr(cache_module, "READ_PAGES", 3)
-    held = []
-    add = cache_module._Index.add
-    monkeypatch.setattr(cache_module._Index, "add", lambda self, shards: (add(self, shards), held.append(self.delta())))
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    keys = np.asarray([f"{i * 7919 % 4000:032x}" for i in range(4000)], dtype="S32")  # each put spread over the base
-    for lo in range(0, len(keys), 40):  # a long sequence of puts, each looked at
-        store.put(keys[lo:lo + 40], _vectors(np.arange(lo, lo + 40)))
-        assert store.contains(keys[lo:lo + 40]).all()
-    assert len(held) == 100 and max(held) <= 200 + 40  # never more than the bound and one shard
-    assert store._index.base.count + store._index.delta() == len(keys) == len(store)
-    for lo in range(0, len(keys), 400):  # all stored again by a racing writer: the first copies still win
-        store.put(keys[lo:lo + 400], _vectors(np.full(400, -1)))
-        store.contains(keys[:1])
-    assert max(held) <= 200 + 400 and len(store) == len(keys)
-    np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
-    store._index.save()
-    assert (store._index.base.count, store._index.delta()) == (len(keys), 0)
-    (store.path / SNAPSHOT).unlink()
-    held.clear()
-    opened = new_process()  # no saved index: every shard read, the delta spilled as it goes
-    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
-    assert len(opened) == 110 and max(held) <= 200 + 100 + 400  # the bound, and a piece of up to 100 keys and a shard
-    assert fresh._index.base.count >= 3000 and len(fresh) == len(keys)
-
-
-def test_a_newer_saved_index_renamed_over_the_path_leaves_a_process_searching_its_own(cache_dir, new_process):
-    store, keys = _filled_store(cache_dir)
-    new_process()
-    other = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)  # another process, searching the saved base
-    assert other.contains(keys).all() and other._index.base.count == len(keys)
-    more = np.asarray([f"{i:032x}" for i in range(1000, 1040)], dtype="S32")
-    store.put(more, np.full((40, 3), 5, np.float32))
-    store.contains(more)
-    store._index.save()  # the first process renames a newer base over the path
-    assert os.fstat(other._index.base.fd).st_ino != (store.path / SNAPSHOT).stat().st_ino
-    np.testing.assert_array_equal(other.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])
-    np.testing.assert_array_equal(other.get(more), 5)  # the new shard read from its file
-    assert len(other) == len(store) == len(keys) + 40
-
-
-def test_the_saved_index_is_searched_where_the_platform_has_no_preadv(cache_dir, new_process, monkeypatch):
-    monkeypatch.delattr(os, "preadv")
-    store, keys = _filled_store(cache_dir)
-    new_process()
-    fresh = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
-    np.testing.assert_array_equal(fresh.get(keys[::-1])[:, 0], np.arange(len(keys))[::-1])  # vectors through HDF5
-    assert fresh._index.base.count == len(keys) and fresh._index.runs == []  # no shard's keys read again
-
-def test_a_delta_that_cannot_spill_keeps_answering_from_memory(cache_dir, monkeypatch):
-    import featx.cache as cache_module
-
-    def read_only(*args, **kwargs):
-        raise OSError(30, "Read-only file system")
-
-    monkeypatch.setattr(cache_module, "DELTA_MIN", 100)
-    monkeypatch.setattr(cache_module, "DELTA_MAX", 100)
-    monkeypatch.setattr(cache_module._Index, "_write", read_only)
-    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=1)
-    keys = np.asarray([f"{i:032x}" for i in range(2000)], dtype="S32")
-    for lo in range(0, len(keys), 40):
-        store.put(keys[lo:lo + 40], _vectors(np.arange(lo, lo + 40)))
-        store.contains(keys[:1])
-    assert store._index.base is None and store._index.delta() == len(keys) == len(store)
-    np.testing.assert_array_equal(store.get(keys)[:, 0], np.arange(len(keys)))
-    assert not list(store.path.glob(".tmp-*")) and not (store.path / SNAPSHOT).exists()
 
 
 

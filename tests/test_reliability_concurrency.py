@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,27 +44,45 @@ def test_concurrent_writers(writers, overlap, tmp_path):
         with h5py.File(shard, "r") as f:
             stored_keys.extend(f["keys"][...].tolist())
     assert len(stored_keys) == len(set(stored_keys)) == unique  # each sample stored once
-    assert not list((store.path / "claims").glob("*.json"))  # every claim released
     for start, out in zip(starts, outs):  # each writer got exactly the vectors a lone run gets
         assert out["digest"] == reference_digest(tmp_path, start, n)
 
 
-def test_claims_of_a_dead_writer_are_taken_over(tmp_path):
-    import os
+CLAIMER = """
+import sys, time
+from featx.cache import EmbeddingCache
+store = EmbeddingCache(sys.argv[1]).store("fp", name="x", dim=2)
+print(store.claim(sys.argv[2].split(","), 10), flush=True)
+time.sleep(float(sys.argv[3]))
+"""
 
-    from featx.cache import EmbeddingCache as Cache
 
-    store = Cache(tmp_path / "c").store("fp", name="x", dim=2)
-    claims = store.path / "claims"
-    claims.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import socket
-    import time
+def other_writer(cache, keys, *, lives: float = 0, lease: float = 600):
+    """Another process that claims ``keys``, then lives ``lives`` seconds (lease: its claim timeout)."""
+    env = {**os.environ, "FEATX_CLAIM_TIMEOUT": str(lease)}
+    proc = subprocess.Popen([sys.executable, "-c", CLAIMER, str(cache), ",".join(keys), str(lives)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == str((keys, 0))
+    return proc
 
-    (claims / "ghost.json").write_text(json.dumps({"owner": "ghost", "host": socket.gethostname(),
-                                                   "pid": int(dead.stdout), "time": time.time(), "keys": ["a", "b"]}))
-    mine, waiting = store.claim(["a", "b", "c"], 10)
-    assert mine == ["a", "b", "c"] and waiting == 0 and not (claims / "ghost.json").exists()
-    (claims / "alive.json").write_text(json.dumps({"owner": "alive", "host": socket.gethostname(), "pid": os.getpid(),
-                                                   "time": time.time(), "keys": ["d"]}))
-    assert store.claim(["d", "e"], 10) == (["e"], 1)
+
+def test_claims_of_a_dead_writer_are_taken_over_and_live_ones_respected(tmp_path):
+    store = EmbeddingCache(tmp_path / "c").store("fp", name="x", dim=2)
+    other_writer(tmp_path / "c", ["a", "b"]).wait()  # exits without releasing its claim
+    assert store.claim(["a", "b", "c"], 10) == (["a", "b", "c"], 0)
+    alive = other_writer(tmp_path / "c", ["d"], lives=30)
+    try:
+        assert store.claim(["d", "e"], 10) == (["e"], 1)  # "d" is being embedded by a live writer
+    finally:
+        alive.kill()
+    store.release()
+    assert EmbeddingCache(tmp_path / "c").store("fp", name="x", dim=2).claim(["a", "e"], 10) == (["a", "e"], 0)
+
+
+def test_an_expired_lease_frees_the_claims_of_a_writer_still_running(tmp_path):
+    store = EmbeddingCache(tmp_path / "c").store("fp", name="x", dim=2)
+    slow = other_writer(tmp_path / "c", ["a", "b"], lives=30, lease=0)  # a lease of 0 s: expired at once
+    try:
+        assert store.claim(["a", "b"], 10) == (["a", "b"], 0)
+    finally:
+        slow.kill()

@@ -208,7 +208,7 @@ class _ResultsCache:
     """JSON results keyed by content (store key + data + protocol): CV scores, transferability."""
 
     def __init__(self, cache_dir) -> None:
-        self.root = EmbeddingCache(cache_dir).root / "results"
+        self.root = EmbeddingCache(cache_dir).results_dir
 
     def get(self, key: str):
         try:

@@ -3,13 +3,15 @@
     python extract_child.py CACHE_DIR OUT_JSON --n 200 --start 0 --chunk 20 [--kill PHASE:K] [--delay S]
 
 ``--kill PHASE:K`` SIGKILLs this process at the K-th occurrence (0-based) of PHASE:
-  embed    inside the backbone call (nothing of that chunk written yet)
-  claim    right after the work claim was written, before embedding
-  keys     while h5py writes the shard's keys (temporary file half written)
-  vectors  while h5py writes the shard's vectors
-  rename   after the temporary shard is complete, just before the atomic rename
-  renamed  right after the rename, before the directory fsync
-  meta     while the store's meta.json is being committed (only K=0 exists)
+  embed       inside the backbone call (nothing of that chunk written yet)
+  claim       right after the work claim was committed, before embedding
+  keys        while h5py writes the shard's keys (temporary file half written)
+  vectors     while h5py writes the shard's vectors
+  rename      the temporary shard complete, the index's write transaction open, just before the rename
+  renamed     right after the rename, before the shard is registered in the index
+  registered  mid-transaction: the shard's rows inserted in the index, not committed
+  committed   right after the index commit, before the claim is released
+  meta        while the store's meta.json is being committed (only K=0 exists)
 Writes {"embedded": …, "digest": sha256 of the vectors' bytes} to OUT_JSON when it finishes.
 """
 
@@ -61,11 +63,12 @@ class HashBackbone(featx.Backbone):
 
 
 import h5py  # noqa: E402
-import featx.cache as cache_module  # noqa: E402
 
-create_dataset = h5py.Group.create_dataset
-replace = os.replace
-claim_status = cache_module.Store.claim_status
+from featx.cache import MINE, Store  # noqa: E402
+from featx.cache.index import Index  # noqa: E402
+
+create_dataset, replace, register = h5py.Group.create_dataset, os.replace, Index.register
+claim_status, put = Store.claim_status, Store.put
 
 
 def create_dataset_with_kill(self, name, *a, **k):
@@ -85,16 +88,27 @@ def replace_with_kill(src, dst):
     replace(src, dst)
 
 
+def register_with_kill(db, *args):
+    register(db, *args)
+    point("registered")
+
+
 def claim_with_kill(self, keys, limit):
     status = claim_status(self, keys, limit)
-    if (status == cache_module.MINE).any():
+    if (status == MINE).any():
         point("claim")
     return status
 
 
+def put_with_kill(self, keys, vectors):
+    put(self, keys, vectors)
+    point("committed")
+
+
 h5py.Group.create_dataset = create_dataset_with_kill
-cache_module.os.replace = replace_with_kill
-cache_module.Store.claim_status = claim_with_kill
+os.replace = replace_with_kill
+Index.register = staticmethod(register_with_kill)
+Store.claim_status, Store.put = claim_with_kill, put_with_kill
 
 texts = [f"sample text number {i}" for i in range(args.start, args.start + args.n)]
 result = extract(HashBackbone(), texts, cache_dir=args.cache_dir, chunk_size=args.chunk, batch_size=args.chunk)
