@@ -9,21 +9,42 @@ them, so ``import featx`` stays fast.
 True
 """
 
+from __future__ import annotations
+
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Backbone": "backbones.base", "TorchBackbone": "backbones.base", "digest": "backbones.base",
-    "file_digest": "backbones.base", "EmbeddingCache": "cache", "Embedder": "estimators",
-    "TransferClassifier": "estimators", "extract": "extraction", "hookimpl": "hookspecs",
-    "finetune": "finetuning", "FineTunedClassifier": "finetuning", "sweep": "selection",
+    "Backbone": "backbones.base", "TorchBackbone": "backbones.base", "TimmBackbone": "backbones.timm",
+    "HFBackbone": "backbones.hf", "digest": "_fs", "file_digest": "_fs", "EmbeddingCache": "cache", "Store": "cache",
+    "Embedder": "estimators", "TransferClassifier": "estimators", "extract": "extraction",
+    "Extraction": "extraction", "ExtractStats": "extraction", "hookimpl": "hookspecs", "finetune": "finetuning",
+    "FineTunedClassifier": "finetuning", "FineTuneResult": "finetuning", "sweep": "selection",
     "SweepResult": "selection", "load": "persist", "save": "persist", "create_backbone": "registry",
     "list_backbones": "registry", "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors",
     "PluginError": "errors", "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
+    "RandomInitWarning": "errors",
 }
 
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name loads on first use
+    from ._fs import digest, file_digest
+    from .backbones.base import Backbone, TorchBackbone
+    from .backbones.hf import HFBackbone
+    from .backbones.timm import TimmBackbone
+    from .cache import EmbeddingCache, Store
+    from .errors import (BadInputError, CacheError, FeatxError, PluginError, RandomInitWarning,
+                         UnknownBackboneError, UnknownHeadError)
+    from .estimators import Embedder, TransferClassifier
+    from .extraction import Extraction, ExtractStats, extract
+    from .finetuning import FineTunedClassifier, FineTuneResult, finetune
+    from .hookspecs import hookimpl
+    from .persist import load, save
+    from .registry import create_backbone, list_backbones
+    from .selection import SweepResult, sweep
 
 
 def __getattr__(name: str):

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backbones.base import write_json_atomic
+from ._fs import write_json_atomic
 from .errors import CacheError
 
 STORAGE_DTYPES = ("float32", "float16")
@@ -926,7 +926,7 @@ class EmbeddingCache:
 
     @staticmethod
     def store_key(fingerprint: str, dtype: str = "float32") -> str:
-        from .backbones.base import digest
+        from ._fs import digest
 
         return digest("featx-store-v1", fingerprint, dtype)
 

@@ -34,9 +34,33 @@ class CacheError(FeatxError):
     """The embedding cache cannot be read or written."""
 
 
+class RandomInitWarning(UserWarning):
+    """A model was fitted on a backbone with random weights although ``pretrained=False`` was not
+    asked for: its features are a baseline, not transferred knowledge."""
+
+
 def did_you_mean(name: str, candidates) -> str:
-    """``" Did you mean: 'a', 'b'?"`` for the candidates closest to ``name`` (or ``""``)."""
+    """``" Did you mean: 'a', 'b'?"`` for the candidates closest to ``name``, ignoring case (or ``""``).
+
+    >>> did_you_mean("c", ["C", "class_weight", "max_iter"])
+    " Did you mean: 'C'?"
+    """
     import difflib
 
-    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
-    return f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+    by_lower: dict[str, str] = {}
+    for candidate in candidates:
+        by_lower.setdefault(str(candidate).lower(), candidate)
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=5, cutoff=0.5)
+    return f" Did you mean: {', '.join(repr(by_lower[c]) for c in close)}?" if close else ""
+
+
+def validate_params(estimator) -> None:
+    """Check ``estimator``'s parameters against its ``_parameter_constraints`` (scikit-learn's
+    checker); a ``BadInputError`` with scikit-learn's message, which names the parameter, if one
+    is off."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    try:
+        estimator._validate_params()
+    except InvalidParameterError as exc:
+        raise BadInputError(str(exc)) from None

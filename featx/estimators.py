@@ -1,54 +1,107 @@
 """scikit-learn estimators: ``Embedder`` (a transformer) and ``TransferClassifier`` (backbone + head).
 
->>> from featx import Embedder, TransferClassifier
+Both take a backbone name (``"auto"``, the default, picks a pretrained one by what X holds:
+``"timm/tf_efficientnet_lite0"`` for images, ``"hf/all-MiniLM-L6-v2"`` for texts) or a
+``featx.Backbone`` instance, and embed through the content-addressed cache.
+
+>>> from featx import TransferClassifier
 >>> from sklearn.base import clone
->>> clone(TransferClassifier("timm/resnet18", head="svm")).head
-'svm'
+>>> clone(TransferClassifier(head="svm")).get_params()["backbone"]
+'auto'
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import os
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from numbers import Integral
+from typing import Any, Iterator
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones.base import Backbone
-from .errors import BadInputError
+from .datasets import INPUTS, infer_modality, labels_or_raise, sample_list
+from .errors import BadInputError, RandomInitWarning, validate_params
 from .extraction import Extraction, extract
 from .heads import make_head
+from .registry import resolve_backbone
 
-_shared: dict[str, Backbone] = {}
+DEFAULT_BACKBONES = {"image": "timm/tf_efficientnet_lite0", "text": "hf/all-MiniLM-L6-v2"}
+
+# While ``featx.save`` serialises a model: the (name, fingerprint) of every featx estimator met,
+# and their state is written without the backbone object (rebuilt from its name when loaded).
+_saving: ContextVar[list | None] = ContextVar("featx_saving", default=None)
+# While ``featx.load`` deserialises one: the backbone override (or None), the cache_dir to use
+# and the backbones met.
+_loading: ContextVar[tuple[Any, Any, list] | None] = ContextVar("featx_loading", default=None)
 
 
-def resolve_backbone(backbone: str | Backbone, options: dict | None = None) -> Backbone:
-    """A ``Backbone`` from a registered name (+ options) or an instance.
+@contextmanager
+def portable_state() -> Iterator[list[dict]]:
+    """Within the block, the state of featx estimators leaves out their backbone (a ``Backbone``
+    parameter is written as its name) and their ``cache_dir`` (where *this* machine keeps
+    embeddings); yields the backbones met, for the manifest.  Pickling outside it keeps all."""
+    met: list[dict] = []
+    token = _saving.set(met)
+    try:
+        yield met
+    finally:
+        _saving.reset(token)
 
-    Instances built from the same name and options are shared within the process, so clones in a
-    grid search load the weights once.
-    """
-    if isinstance(backbone, Backbone):
-        if options:
-            raise TypeError("backbone_options apply to a backbone name, not to a Backbone instance")
-        return backbone
-    if not isinstance(backbone, str):
-        raise TypeError(f"backbone must be a registered name or a featx.Backbone, got {type(backbone).__name__}")
-    from .registry import create_backbone
 
-    key = json.dumps([backbone, options or {}], sort_keys=True, default=repr)
-    if key not in _shared:
-        _shared[key] = create_backbone(backbone, **(options or {}))
-    return _shared[key]
+@contextmanager
+def restoring(backbone: Any = None, cache_dir: Any = None) -> Iterator[list[dict]]:
+    """Within the block, featx estimators restored without their backbone rebuild it (or take
+    ``backbone``), check its fingerprint and use ``cache_dir``; yields the backbones met."""
+    met: list[dict] = []
+    token = _loading.set((backbone, cache_dir, met))
+    try:
+        yield met
+    finally:
+        _loading.reset(token)
+
+
+def _note(met: list[dict], estimator: "_Embeds") -> None:
+    entry = {"name": estimator.backbone_name_, "fingerprint": estimator.fingerprint_}
+    if entry not in met:  # once per backbone, however often its state is asked for
+        met.append(entry)
 
 
 class _Embeds:
     """What both estimators share: the backbone parameters and the cached extraction."""
 
-    def _backbone(self) -> Backbone:
-        return resolve_backbone(self.backbone, self.backbone_options)
+    _parameter_constraints: dict = {
+        "backbone": [str, Backbone],
+        "backbone_options": [dict, None],
+        "input": [StrOptions(set(INPUTS))],
+        "view": [str, None],
+        "cache_dir": [str, os.PathLike, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "engine": [StrOptions({"local", "ray"})],
+        "cache_dtype": [StrOptions({"float32", "float16"})],
+        "errors": [StrOptions({"raise", "skip"})],
+        "progress": ["boolean"],
+    }
+
+    def _backbone(self, X: Any = None) -> Backbone:
+        """The fitted backbone, else the one the parameters name (``"auto"``: by what X holds)."""
+        return self.backbone_ if hasattr(self, "backbone_") else self._named_backbone(X)
+
+    def _named_backbone(self, X: Any = None) -> Backbone:
+        name = self.backbone
+        if isinstance(name, str) and name == "auto":
+            if X is None:
+                raise BadInputError('backbone="auto" is chosen by what X holds: pass X, or name a backbone')
+            name = DEFAULT_BACKBONES[infer_modality(X, self.input)]
+        return resolve_backbone(name, self.backbone_options)
 
     def _columns(self, backbone: Backbone) -> slice:
         """The columns of ``view`` (one layer of a multi-layer backbone), or all of them."""
@@ -58,39 +111,130 @@ class _Embeds:
             raise BadInputError(f"view {self.view!r} is not one of {backbone.name!r}'s views: {list(backbone.views)}")
         return backbone.views[self.view]
 
-    def _extract(self, X) -> Extraction:
-        backbone = self._backbone()
+    def _extract(self, backbone: Backbone, X) -> Extraction:
         result = extract(
-            backbone, X, cache_dir=self.cache_dir, batch_size=self.batch_size,
-            device=self.device, dtype=self.cache_dtype, num_workers=self.num_workers, engine=self.engine,
-            errors=self.errors, progress=self.progress,
+            backbone, X, cache_dir=self.cache_dir, batch_size=self.batch_size, device=self.device,
+            dtype=self.cache_dtype, num_workers=self.num_workers, engine=self.engine, errors=self.errors,
+            progress=self.progress, input=self.input,
         )
-        self.last_extraction_ = result.stats
         columns = self._columns(backbone)
         if columns != slice(0, backbone.dim):
             result = Extraction(np.ascontiguousarray(result.vectors[:, columns]), result.ok, result.stats)
         return result
 
+    def _set_backbone(self, backbone: Backbone) -> None:
+        self.backbone_ = backbone
+        self.backbone_name_ = backbone.name
+        self.fingerprint_ = backbone.fingerprint()
+
+    def _warn_if_random(self, backbone: Backbone) -> None:
+        if backbone.random_init and (self.backbone_options or {}).get("pretrained") is not False:
+            warnings.warn(
+                f"backbone {backbone.name!r} has random weights (no weights file): its features are a baseline, "
+                f"not transferred knowledge. Use a pretrained backbone (the default backbone='auto' picks one), or "
+                f"pass backbone_options={{'pretrained': False}} if random weights are intended (for a Backbone "
+                f"instance: warnings.filterwarnings('ignore', category=featx.RandomInitWarning)).",
+                RandomInitWarning, stacklevel=3,
+            )
+
+    # -- featx.save / featx.load ----------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        met = _saving.get()
+        if met is None:  # pickling (joblib workers, copies): everything as is
+            return state
+        state = {**state, "cache_dir": None}
+        if isinstance(state["backbone"], Backbone):
+            state["backbone"] = state["backbone"].name
+        if state.pop("backbone_", None) is not None:
+            _note(met, self)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        loading = _loading.get()
+        if loading is None or "backbone_" in state:
+            return
+        if "fingerprint_" not in state:  # never fitted (an Embedder used without fit)
+            self.cache_dir = loading[1]
+            return
+        override, self.cache_dir, met = loading
+        if override is not None:
+            self.backbone, self.backbone_options = override, None
+        named = self.backbone if not (isinstance(self.backbone, str) and self.backbone == "auto") else self.backbone_name_
+        built = resolve_backbone(named, self.backbone_options)
+        if built.fingerprint() != self.fingerprint_:
+            raise BadInputError(
+                f"the model was fitted on backbone {self.backbone_name_!r} with fingerprint {self.fingerprint_}, but "
+                f"{built.name!r} here has fingerprint {built.fingerprint()} (different weights, preprocessing or "
+                f"options). Install the same weights or pass backbone="
+            )
+        self.backbone_ = built
+        _note(met, self)
+
+
+_SHARED_DOC = """
+    backbone : str or Backbone, default "auto"
+        A registered name (see ``featx.list_backbones``), ``"auto"`` (a pretrained backbone for
+        what X holds: ``"timm/tf_efficientnet_lite0"`` for images, ``"hf/all-MiniLM-L6-v2"`` for
+        texts) or a ``featx.Backbone`` instance.
+    backbone_options : dict, optional
+        Options for a backbone given by name (``{"image_size": 160}``, ``{"pretrained": False}``…).
+    input : {"auto", "text", "image"}, default "auto"
+        What X holds.  ``"auto"`` refuses image file paths given to a text backbone (their names
+        would be embedded, not the pictures) and text given to an image backbone; ``"text"`` says
+        strings are texts to embed even if they name files.
+    view : str, optional
+        One of ``backbone.views`` (a layer of a multi-layer backbone); default all columns.
+    cache_dir : str or path, optional
+        The embedding cache (default ``$FEATX_CACHE_DIR`` or ``./cache``).
+    batch_size : int, optional
+        Samples per forward pass (default: tuned once per backbone and machine, or the backbone's own).
+    device : str, default "auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    num_workers : int, default 0
+        DataLoader processes decoding images.
+    engine : {"local", "ray"}, default "local"
+        Where cache misses are embedded.
+    cache_dtype : {"float32", "float16"}, default "float32"
+        How vectors are stored in the cache.
+    errors : {"raise", "skip"}, default "raise"
+        Unreadable samples: one error listing them all, or NaN rows (``fit`` leaves them out).
+    progress : bool, default False
+        A progress meter on stderr.
+"""
+
 
 class Embedder(_Embeds, TransformerMixin, BaseEstimator):
     """Embed samples with a backbone through the content-addressed cache.
 
-    ``transform(X)`` returns a float32 array ``(n_samples, dim)`` (only the columns of ``view``, one
-    of ``backbone.views``, when given); X is a list of image paths,
-    PIL images or uint8 arrays (image backbones) or a list of ``str`` (text backbones).
-    Nothing is learned, so ``transform`` works without ``fit``.  Samples that could not be read
-    with ``errors="skip"`` come back as NaN rows (listed in ``last_extraction_.failed``).
+    X is a list of image paths, PIL images or uint8 arrays (image backbones) or a list of ``str``
+    (text backbones).  Nothing is learned, so ``transform`` works without ``fit``.  For what an
+    extraction did (samples cached, embedded, unreadable), call ``featx.extract(backbone, X)``.
 
-    >>> emb = Embedder("timm/resnet18", backbone_options={"pretrained": False})
-    >>> emb.get_params()["batch_size"] is None
-    True
+    Parameters
+    ----------""" + _SHARED_DOC + """
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The backbone, once fitted.
+    backbone_name_, fingerprint_ : str
+        Its name and fingerprint.
+    n_features_out_ : int
+        Columns of the output.
+
+    >>> emb = Embedder("timm/resnet18", backbone_options={"pretrained": False})   # random weights, on purpose
+    >>> emb.fit().n_features_out_
+    512
     """
 
-    def __init__(self, backbone: str | Backbone = "timm/resnet18", *, backbone_options: dict | None = None,
-                 view: str | None = None, cache_dir=None, batch_size: int | None = None, device: str = "auto", num_workers: int = 0, engine: str = "local",
-                 cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
+    def __init__(self, backbone: str | Backbone = "auto", *, backbone_options: dict | None = None, input: str = "auto",
+                 view: str | None = None, cache_dir=None, batch_size: int | None = None, device: str = "auto",
+                 num_workers: int = 0, engine: str = "local", cache_dtype: str = "float32", errors: str = "raise",
+                 progress: bool = False) -> None:
         self.backbone = backbone
         self.backbone_options = backbone_options
+        self.input = input
         self.view = view
         self.cache_dir = cache_dir
         self.batch_size = batch_size
@@ -102,15 +246,43 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
         self.progress = progress
 
     def fit(self, X=None, y=None) -> "Embedder":
-        """Resolve the backbone (nothing is learned from X)."""
-        backbone = self._backbone()
+        """Resolve the backbone (nothing is learned from X; X is needed only for ``backbone="auto"``).
+
+        Parameters
+        ----------
+        X : list of samples, optional
+            Texts or images, to choose the ``"auto"`` backbone by.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        validate_params(self)
+        backbone = self._named_backbone(None if X is None else sample_list(X))
         columns = self._columns(backbone)
+        self._set_backbone(backbone)
         self.n_features_out_ = columns.stop - columns.start
-        self.fingerprint_ = backbone.fingerprint()
+        self._warn_if_random(backbone)
         return self
 
     def transform(self, X) -> np.ndarray:
-        return self._extract(X).vectors
+        """Embed X.
+
+        Parameters
+        ----------
+        X : list of samples
+            Texts, or image paths / PIL images / uint8 arrays.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out)
+            float32 vectors, in input order; NaN rows for unreadable samples with ``errors="skip"``.
+        """
+        if not hasattr(self, "backbone_"):
+            validate_params(self)
+        X = sample_list(X)
+        return self._extract(self._backbone(X), X).vectors
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         backbone = self._backbone()
@@ -126,22 +298,48 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
 
 
 class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
-    """A classifier head (``"logreg"``, ``"svm"``, ``"mlp"``, ``"knn"`` or any scikit-learn
-    classifier) trained on cached backbone embeddings.
+    """A classifier head trained on cached backbone embeddings.
 
-    >>> clf = TransferClassifier("hf/all-MiniLM-L6-v2", head="logreg")   # doctest: +SKIP
-    >>> clf.fit(texts, labels).predict(["a new text"])                  # doctest: +SKIP
+    Parameters
+    ----------""" + _SHARED_DOC + """    head : str or scikit-learn classifier, default "logreg"
+        ``"logreg"``, ``"svm"``, ``"mlp"``, ``"knn"`` (see ``featx.heads``) or any scikit-learn
+        classifier instance.
+    head_params : dict, optional
+        Parameters of the head (``{"C": 0.1}``).
+
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The backbone it embeds with.
+    backbone_name_, fingerprint_ : str
+        Its name and fingerprint (``featx.load`` checks the fingerprint).
+    head_ : estimator
+        The fitted head.
+    classes_ : ndarray
+        The class labels.
+
+    predict, predict_proba and score change no state.  For what an extraction did (samples
+    cached, embedded, unreadable), call ``featx.extract(model.backbone_, X, errors="skip")``.
+
+    >>> clf = TransferClassifier(head="logreg")            # doctest: +SKIP
+    >>> clf.fit(texts, labels).predict(["a new text"])     # doctest: +SKIP
     """
 
-    def __init__(self, backbone: str | Backbone = "timm/resnet18", head: Any = "logreg", *,
-                 head_params: dict | None = None, backbone_options: dict | None = None, view: str | None = None,
-                 cache_dir=None,
+    _parameter_constraints = {
+        **_Embeds._parameter_constraints,
+        "head": [str, HasMethods(["fit", "predict"])],
+        "head_params": [dict, None],
+    }
+
+    def __init__(self, backbone: str | Backbone = "auto", head: Any = "logreg", *, head_params: dict | None = None,
+                 backbone_options: dict | None = None, input: str = "auto", view: str | None = None, cache_dir=None,
                  batch_size: int | None = None, device: str = "auto", num_workers: int = 0, engine: str = "local",
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.head = head
         self.head_params = head_params
         self.backbone_options = backbone_options
+        self.input = input
         self.view = view
         self.cache_dir = cache_dir
         self.batch_size = batch_size
@@ -153,45 +351,104 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         self.progress = progress
 
     def fit(self, X, y) -> "TransferClassifier":
-        from .datasets import labels_or_raise
+        """Embed X (through the cache) and fit the head.
 
+        Parameters
+        ----------
+        X : list of samples
+            Texts, or image paths / PIL images / uint8 arrays (a pandas Series is fine).
+        y : array-like of shape (n_samples,)
+            One class label per sample.
+
+        Returns
+        -------
+        self
+        """
+        validate_params(self)
+        X = sample_list(X)
         y = labels_or_raise(y, len(X))
-        result = self._extract(X)
-        if result.ok.all():  # no copy of the matrix just to drop nothing
-            return self.fit_embeddings(result.vectors, y)
-        return self.fit_embeddings(result.vectors[result.ok], y[result.ok])
+        head = make_head(self.head, **(self.head_params or {}))  # a wrong head fails before any embedding
+        backbone = self._named_backbone(X)
+        result = self._extract(backbone, X)
+        Z, y = (result.vectors, y) if result.ok.all() else (result.vectors[result.ok], y[result.ok])
+        self._fit_head(head, backbone, Z, y)
+        self._warn_if_random(backbone)
+        return self
 
     def fit_embeddings(self, Z: np.ndarray, y) -> "TransferClassifier":
-        """Fit the head on embeddings already computed with this backbone (used by sweeps)."""
-        backbone = self._backbone()
-        self.head_ = make_head(self.head, **(self.head_params or {})).fit(Z, np.asarray(y))
+        """Fit the head on embeddings already computed with this backbone (used by sweeps).
+
+        Parameters
+        ----------
+        Z : ndarray of shape (n_samples, dim)
+            Vectors from ``featx.extract`` with the backbone the parameters name.
+        y : array-like of shape (n_samples,)
+            Class labels.
+
+        Returns
+        -------
+        self
+        """
+        validate_params(self)
+        if isinstance(self.backbone, str) and self.backbone == "auto":
+            raise BadInputError('fit_embeddings needs the backbone the embeddings came from, not backbone="auto"')
+        head = make_head(self.head, **(self.head_params or {}))
+        return self._fit_head(head, resolve_backbone(self.backbone, self.backbone_options), Z, np.asarray(y))
+
+    def _fit_head(self, head, backbone: Backbone, Z: np.ndarray, y: np.ndarray) -> "TransferClassifier":
+        self.head_ = head.fit(Z, y)
         self.classes_ = self.head_.classes_
         self.n_features_in_ = Z.shape[1]
-        self.backbone_name_ = backbone.name
-        self.fingerprint_ = backbone.fingerprint()
+        self._set_backbone(backbone)
         return self
 
     def _embed_for_predict(self, X) -> np.ndarray:
         check_is_fitted(self, "head_")
-        result = self._extract(X)
+        result = self._extract(self.backbone_, X)
         if not result.ok.all():
-            from .errors import BadInputError
-
-            raise BadInputError(
-                "cannot predict unreadable samples: " + "; ".join(result.stats.failed)
-            )
+            raise BadInputError("cannot predict unreadable samples: " + "; ".join(result.stats.failed))
         return result.vectors
 
     def predict(self, X) -> np.ndarray:
+        """The predicted class of each sample.
+
+        Parameters
+        ----------
+        X : list of samples
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         Z = self._embed_for_predict(X)
         return self.head_.predict(Z)
 
     def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : list of samples
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         Z = self._embed_for_predict(X)
         return self.head_.predict_proba(Z)
 
     @available_if(lambda self: hasattr(make_head(self.head, **(self.head_params or {})), "decision_function"))
     def decision_function(self, X) -> np.ndarray:
+        """The head's decision scores.
+
+        Parameters
+        ----------
+        X : list of samples
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
         Z = self._embed_for_predict(X)
         return self.head_.decision_function(Z)
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .backbones.base import Backbone, TorchBackbone, check_output, digest, user_cache_dir, write_json_atomic
+from ._fs import digest, user_cache_dir, write_json_atomic
+from .backbones.base import Backbone, TorchBackbone, check_output, resolve_device
 from .cache import FREE, MINE, WAITING, DamagedShardError, EmbeddingCache, Store
 from .datasets import Samples, as_samples
 from .errors import BadInputError, CacheError
+from .registry import resolve_backbone
 
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
@@ -271,7 +273,7 @@ def _to_embed(samples: Samples, present: np.ndarray) -> np.ndarray:
 
 
 def extract(
-    backbone: Backbone,
+    backbone: Backbone | str,
     X: Any,
     *,
     cache_dir=None,
@@ -286,26 +288,68 @@ def extract(
     num_gpus: float = 0,
     errors: str = "raise",
     progress: bool = False,
+    input: str = "auto",
 ) -> Extraction:
     """Embed ``X`` with ``backbone`` through the cache; only samples never seen before are embedded.
 
-    ``errors="raise"`` (default) commits every healthy sample, then raises one ``BadInputError``
-    listing every unreadable one; ``errors="skip"`` returns NaN rows for them and lists them in
-    ``stats.failed``.  ``engine="ray"`` embeds the misses on a Ray cluster (``address``; a local one
-    if None) with ``num_actors`` stateful actors of ``num_gpus`` GPUs each, into the same store.
-    ``num_workers > 0`` decodes (and, for backbones with a ``preprocess``
-    method, preprocesses) images in that many DataLoader worker processes — worth it beside a GPU,
-    slower on a 2-core CPU.
-
     The input is handled ``BLOCK`` samples at a time (hash, look up, embed the misses, read them
     back): beyond the returned matrix, memory does not grow with ``len(X)``.
+
+    Parameters
+    ----------
+    backbone : Backbone or str
+        A ``featx.Backbone`` or a registered name (``"hf/all-MiniLM-L6-v2"``; see ``list_backbones``).
+    X : list of samples
+        Texts (``str``), or image paths, PIL images or uint8 arrays (an ``(n, H, W[, C])`` array too).
+    cache_dir : str or path, optional
+        The embedding cache (default ``$FEATX_CACHE_DIR`` or ``./cache``).
+    batch_size : int, optional
+        Samples per forward pass (>= 1); default: tuned on the first chunk of images and
+        remembered per backbone and machine, else the backbone's own.
+    device : str, default "auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    dtype : {"float32", "float16"}, default "float32"
+        How the vectors are stored in the cache.
+    chunk_size : int, optional
+        Samples committed per shard (an interrupted run keeps every committed shard).
+    num_workers : int, default 0
+        DataLoader processes decoding (and preprocessing) images: worth it beside a GPU, slower
+        on a 2-core CPU.
+    engine : {"local", "ray"}, default "local"
+        ``"ray"`` embeds the misses on a Ray cluster into the same store.
+    address : str, optional
+        The Ray cluster (engine ``"ray"``; a local one if None).
+    num_actors : int, optional
+        Ray actors, one backbone each.
+    num_gpus : float, default 0
+        GPUs per Ray actor.
+    errors : {"raise", "skip"}, default "raise"
+        ``"raise"`` commits every healthy sample, then raises one ``BadInputError`` listing every
+        unreadable one; ``"skip"`` returns NaN rows for them and lists them in ``stats.failed``.
+    progress : bool, default False
+        A progress meter on stderr.
+    input : {"auto", "text", "image"}, default "auto"
+        What X holds; ``"auto"`` refuses image file paths given to a text backbone and text given
+        to an image backbone, ``"text"`` embeds strings as texts even if they name files.
+
+    Returns
+    -------
+    Extraction
+        ``vectors`` (float32, ``(len(X), dim)``, input order), ``ok`` (False where a sample was
+        skipped) and ``stats`` (an ``ExtractStats``: samples, cache hits, embedded, seconds, failed).
     """
+    backbone = resolve_backbone(backbone)
     if errors not in ("raise", "skip"):
-        raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
+        raise BadInputError(f"errors={errors!r}: use 'raise' or 'skip'")
     if engine not in ("local", "ray"):
-        raise ValueError(f"engine={engine!r}: use 'local' or 'ray'")
+        raise BadInputError(f"engine={engine!r}: use 'local' or 'ray'")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1):
+        raise BadInputError(f"batch_size={batch_size!r}: use a positive int (samples per forward pass), or None to pick one")
+    if engine == "local" and isinstance(backbone, TorchBackbone):
+        device = resolve_device(device)  # a device this machine lacks fails here, not after hashing every sample
     start = time.perf_counter()
-    samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality, EmbeddingCache(cache_dir).keys_dir)
+    samples = X if isinstance(X, Samples) else as_samples(X, backbone.modality, EmbeddingCache(cache_dir).keys_dir,
+                                                          input=input, backbone=backbone.name)
     store = open_store(backbone, cache_dir, dtype)
     if batch_size is None and isinstance(backbone, TorchBackbone) and samples.modality == "image":
         batch_size = remembered_batch_size(backbone)  # None: autotune on the first chunk

@@ -44,7 +44,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones.base import Backbone, TorchBackbone, digest
+from ._fs import digest
+from .backbones.base import Backbone, TorchBackbone
 from .errors import BadInputError, did_you_mean
 
 STRATEGIES = ("full", "freeze", "llrd", "gradual", "lp-ft")

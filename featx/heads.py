@@ -13,27 +13,58 @@ it can be tuned with ``GridSearchCV`` directly on cached embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import UnknownHeadError, did_you_mean
+from .errors import BadInputError, UnknownHeadError, did_you_mean, validate_params
+
+_POSITIVE = Interval(Real, 0, None, closed="neither")
+_COUNT = Interval(Integral, 1, None, closed="left")
+_CLASS_WEIGHT = [dict, StrOptions({"balanced"}), None]
 
 
 class _Head(ClassifierMixin, BaseEstimator):
-    """Fits ``self._build()`` (a scikit-learn pipeline) and delegates predictions to it."""
+    """Fits ``self._build()`` (a scikit-learn pipeline) and delegates predictions to it.
+
+    Every head has the same methods: ``fit(X, y)`` on an embedding matrix ``X`` of shape
+    ``(n_samples, dim)``, then ``predict``, ``predict_proba`` and ``decision_function`` (where its
+    model has one); fitted attributes ``model_`` (the pipeline), ``classes_``, ``n_features_in_``.
+    """
+
+    _parameter_constraints: dict = {}
 
     def _build(self):
         raise NotImplementedError
 
+    def _fit_params(self, y) -> dict:
+        """Keyword arguments of the pipeline's ``fit`` (none by default)."""
+        return {}
+
     def fit(self, X, y):
+        """Fit on embeddings.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, dim)
+            Embeddings.
+        y : array-like of shape (n_samples,)
+            Class labels.
+
+        Returns
+        -------
+        self
+        """
+        validate_params(self)
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
-        self.model_ = self._build().fit(X, y)
+        self.model_ = self._build().fit(X, y, **self._fit_params(y))
         self.classes_ = self.model_.classes_
         n_iter = getattr(self.model_[-1], "n_iter_", None)
         if n_iter is not None:
@@ -59,7 +90,19 @@ class _Head(ClassifierMixin, BaseEstimator):
 
 
 class LinearProbe(_Head):
-    """L2-normalised features + multinomial logistic regression (the CLIP/DINOv2 linear probe)."""
+    """L2-normalised features + multinomial logistic regression (the CLIP/DINOv2 linear probe).
+
+    Parameters
+    ----------
+    C : float, default 1.0
+        Inverse regularisation strength (> 0); smaller is stronger.
+    class_weight : dict, "balanced" or None
+        Per-class weights, as for scikit-learn's ``LogisticRegression``.
+    max_iter : int, default 2000
+        Solver iterations.
+    """
+
+    _parameter_constraints = {"C": [_POSITIVE], "class_weight": _CLASS_WEIGHT, "max_iter": [_COUNT]}
 
     def __init__(self, C: float = 1.0, class_weight=None, max_iter: int = 2000):
         self.C = C
@@ -76,8 +119,25 @@ class LinearProbe(_Head):
 
 
 class SVMHead(_Head):
-    """Standardised features + a support vector machine (``kernel="linear"`` or ``"rbf"``), with
-    probabilities calibrated on internal folds (Platt scaling)."""
+    """Standardised features + a support vector machine, with probabilities calibrated on
+    internal folds (Platt scaling).
+
+    Parameters
+    ----------
+    C : float, default 1.0
+        Inverse regularisation strength (> 0).
+    kernel : {"rbf", "linear", "poly", "sigmoid"}, default "rbf"
+        The SVM kernel.
+    gamma : "scale", "auto" or float, default "scale"
+        Kernel coefficient, as for scikit-learn's ``SVC``.
+    class_weight : dict, "balanced" or None
+        Per-class weights.
+    """
+
+    _parameter_constraints = {
+        "C": [_POSITIVE], "kernel": [StrOptions({"rbf", "linear", "poly", "sigmoid"})],
+        "gamma": [StrOptions({"scale", "auto"}), Interval(Real, 0, None, closed="left")], "class_weight": _CLASS_WEIGHT,
+    }
 
     def __init__(self, C: float = 1.0, kernel: str = "rbf", gamma="scale", class_weight=None):
         self.C = C
@@ -91,12 +151,36 @@ class SVMHead(_Head):
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
 
-        svm = SVC(C=self.C, kernel=self.kernel, gamma=self.gamma, class_weight=self.class_weight, random_state=0)
+        svm = SVC(C=self.C, kernel=self.kernel, gamma=self.gamma, random_state=0)
         return make_pipeline(StandardScaler(), CalibratedClassifierCV(svm, ensemble=False, cv=3))
+
+    def _fit_params(self, y) -> dict:
+        """``class_weight`` as sample weights, so that both the SVM and its calibration see them
+        (weights given to the SVM alone are undone by calibrating on unweighted folds)."""
+        if self.class_weight is None:
+            return {}
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        return {"calibratedclassifiercv__sample_weight": compute_sample_weight(self.class_weight, y)}
 
 
 class MLPHead(_Head):
-    """Standardised features + a one-hidden-layer perceptron."""
+    """Standardised features + a one-hidden-layer perceptron.
+
+    Parameters
+    ----------
+    hidden : int, default 256
+        Width of the hidden layer.
+    alpha : float, default 1e-4
+        L2 penalty (>= 0).
+    max_iter : int, default 500
+        Training epochs at most.
+    random_state : int, RandomState or None, default 0
+        Seed of the initial weights and of the batch order.
+    """
+
+    _parameter_constraints = {"hidden": [_COUNT], "alpha": [Interval(Real, 0, None, closed="left")],
+                              "max_iter": [_COUNT], "random_state": ["random_state"]}
 
     def __init__(self, hidden: int = 256, alpha: float = 1e-4, max_iter: int = 500, random_state: int = 0):
         self.hidden = hidden
@@ -114,7 +198,15 @@ class MLPHead(_Head):
 
 
 class KNNHead(_Head):
-    """L2-normalised features + k nearest neighbours (cosine similarity)."""
+    """L2-normalised features + k nearest neighbours (cosine similarity).
+
+    Parameters
+    ----------
+    n_neighbors : int, default 5
+        Neighbours that vote.
+    """
+
+    _parameter_constraints = {"n_neighbors": [_COUNT]}
 
     def __init__(self, n_neighbors: int = 5):
         self.n_neighbors = n_neighbors
@@ -144,8 +236,23 @@ HEADS: dict[str, HeadSpec] = {
 
 
 def make_head(head: Any = "logreg", **params: Any):
-    """A fresh, unfitted head: a name from ``HEADS`` or a clone of any scikit-learn classifier."""
+    """A fresh, unfitted head.
+
+    Parameters
+    ----------
+    head : str or scikit-learn classifier
+        A name from ``HEADS`` (``"logreg"``, ``"svm"``, ``"mlp"``, ``"knn"``) or any scikit-learn
+        classifier instance (cloned, never changed).
+    **params
+        Parameters of the head; an unknown one is a ``BadInputError`` listing the valid ones.
+
+    Returns
+    -------
+    estimator
+        An unfitted classifier.
+    """
     from sklearn.base import clone
+    from sklearn.utils import get_tags
 
     if isinstance(head, str):
         if head not in HEADS:
@@ -153,10 +260,31 @@ def make_head(head: Any = "logreg", **params: Any):
                 f"unknown head {head!r}.{did_you_mean(head, HEADS)} Built-in heads: {', '.join(HEADS)}; "
                 f"or pass any scikit-learn classifier instance"
             )
+        _check_head_params(repr(head), HEADS[head].estimator._get_param_names(), params)
         return HEADS[head].estimator(**params)
-    if hasattr(head, "fit") and hasattr(head, "predict") and hasattr(head, "get_params"):
-        return clone(head).set_params(**params)
-    raise UnknownHeadError(f"head {head!r} is neither a built-in name ({', '.join(HEADS)}) nor a scikit-learn classifier")
+    if not (hasattr(head, "fit") and hasattr(head, "predict") and hasattr(head, "get_params")):
+        raise UnknownHeadError(f"head {head!r} is neither a built-in name ({', '.join(HEADS)}) nor a scikit-learn classifier")
+    try:
+        kind = get_tags(head).estimator_type
+    except AttributeError:  # not a scikit-learn estimator: taken on trust
+        kind = None
+    if kind not in (None, "classifier"):
+        kind = kind.replace("_", " ")
+        raise BadInputError(
+            f"head={type(head).__name__}() is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, but a head must be a classifier: use a built-in head "
+            f"({', '.join(HEADS)}) or a scikit-learn classifier (e.g. RidgeClassifier() for Ridge())"
+        )
+    _check_head_params(type(head).__name__, list(head.get_params(deep=True)), params)
+    return clone(head).set_params(**params)
+
+
+def _check_head_params(head: str, valid: list[str], params: dict) -> None:
+    unknown = [key for key in params if key not in valid]
+    if unknown:
+        raise BadInputError(
+            f"head {head} has no parameter {unknown[0]!r}.{did_you_mean(unknown[0], valid)} "
+            f"Its parameters: {', '.join(valid)}"
+        )
 
 
 def head_name(head: Any) -> str:

@@ -1,9 +1,11 @@
-"""Save and load fitted featx models without pickle.
+"""Save and load fitted models without pickle.
 
-A model file is a zip archive: ``manifest.json`` (featx version, estimator parameters, backbone
-name and fingerprint, classes) and either ``head.skops`` (a ``TransferClassifier``'s head in skops'
-safe format, loaded with only featx-head/scikit-learn/numpy/scipy types trusted) or
-``weights.safetensors`` (a ``FineTunedClassifier``'s network).
+A model file is a zip archive: ``manifest.json`` (format, featx version, estimator class, the
+backbones inside with their fingerprints, classes) and either ``model.skops`` — any fitted
+scikit-learn estimator or pipeline, featx's ``TransferClassifier`` and ``Embedder`` included, in
+skops' safe format, loaded with only featx-estimator/scikit-learn/numpy/scipy types trusted — or
+``weights.safetensors`` (a ``FineTunedClassifier``'s network).  Backbones are not stored: they
+are rebuilt from their names and options when loading, and must have the recorded fingerprints.
 
 >>> import featx                                             # doctest: +SKIP
 >>> featx.save(clf, "model.featx"); featx.load("model.featx").predict(X)  # doctest: +SKIP
@@ -11,70 +13,103 @@ safe format, loaded with only featx-head/scikit-learn/numpy/scipy types trusted)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
-from .errors import BadInputError
+from .errors import BadInputError, FeatxError
 
-FORMAT = "featx-model-v1"
-TRUSTED_PREFIXES = ("featx.heads.", "sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
+FORMAT = "featx-model-v2"
+FINETUNED_FORMATS = ("featx-model-v1", FORMAT)  # a fine-tuned model's layout did not change
+MODEL, WEIGHTS = "model.skops", "weights.safetensors"
+TRUSTED_PREFIXES = ("featx.heads.", "sklearn.", "numpy.", "scipy.")
+TRUSTED_TYPES = ("featx.estimators.Embedder", "featx.estimators.TransferClassifier")
 
 
 def _write(path: Path, files: dict[str, bytes]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    """The zip of ``files`` written to ``path`` atomically (a reader never sees half a model)."""
+    from ._fs import atomic_write
+
+    if not path.parent.is_dir():
+        raise BadInputError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first")
+    if path.is_dir():
+        raise BadInputError(f"cannot write {str(path)!r}: it is a folder; pass a file name such as model.featx")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name, data in files.items():
             z.writestr(name, data)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path) as f:
+            f.write(buffer.getvalue())
+    except OSError as exc:
+        raise BadInputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     return path
 
 
-def save(model, path: str | os.PathLike) -> Path:
-    """Write a fitted ``TransferClassifier`` or ``FineTunedClassifier`` to ``path`` (atomically)."""
+def save(model: Any, path: str | os.PathLike) -> Path:
+    """Write a fitted model to ``path``, atomically.
+
+    Parameters
+    ----------
+    model : estimator or result
+        Any fitted scikit-learn estimator or ``Pipeline`` (featx ``TransferClassifier`` and
+        ``Embedder`` steps included), a ``FineTunedClassifier``, or a result that keeps a model in
+        ``best_`` (``featx.finetune``'s, ``featx.sweep``'s): that model is saved.
+    path : str or path
+        The file to write (``model.featx``); its folder must exist.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     import skops.io as sio
+    from sklearn.base import BaseEstimator
+    from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
     from . import __version__
-    from .backbones.base import Backbone
+    from .estimators import portable_state
 
+    if not isinstance(model, BaseEstimator) and hasattr(model, "best_"):
+        model = model.best_  # the model a fine-tune or sweep result keeps
+    if not (hasattr(model, "fit") and hasattr(model, "get_params")):
+        raise BadInputError(f"cannot save a {type(model).__name__}: featx.save takes a fitted scikit-learn estimator "
+                            f"or pipeline, or a fine-tune/sweep result")
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        raise BadInputError(f"cannot save this {type(model).__name__}: it is not fitted; call fit(X, y) first") from None
     if type(model).__name__ == "FineTunedClassifier":
         return _save_finetuned(model, Path(path))
-    check_is_fitted(model, "head_")
-    # cache_dir is where *this* machine keeps embeddings; the loader picks its own
-    params = {k: v for k, v in model.get_params(deep=False).items() if k not in ("head", "cache_dir")}
-    if isinstance(params["backbone"], Backbone):
-        params["backbone"] = params["backbone"].name
-    if not isinstance(model.head, str):
-        params["head_params"] = None  # a custom head's parameters live in head.skops
+    with portable_state() as backbones:
+        try:
+            payload = sio.dumps(model)
+        except Exception as exc:  # skops names the object it cannot represent
+            raise BadInputError(f"cannot save {type(model).__name__}: skops cannot store part of it ({exc})") from None
     manifest = {
-        "format": FORMAT, "featx_version": __version__, "estimator": type(model).__name__,
-        "params": params, "head": model.head if isinstance(model.head, str) else None,
-        "backbone": model.backbone_name_, "fingerprint": model.fingerprint_,
-        "classes": [str(c) for c in model.classes_],
+        "format": FORMAT, "featx_version": __version__,
+        "estimator": f"{type(model).__module__}.{type(model).__qualname__}", "backbones": backbones,
+        "classes": [str(c) for c in getattr(model, "classes_", [])],
     }
-    try:
-        json.dumps(manifest)
-    except TypeError as exc:
-        raise BadInputError(f"cannot save {type(model).__name__}: a parameter is not JSON-serialisable ({exc})") from None
-    return _write(Path(path), {"manifest.json": json.dumps(manifest, indent=2).encode(), "head.skops": sio.dumps(model.head_)})
+    return _write(Path(path), {"manifest.json": json.dumps(manifest, indent=2).encode(), MODEL: payload})
 
 
 def _save_finetuned(model, path: Path) -> Path:
     from safetensors.torch import save as to_safetensors
-    from sklearn.utils.validation import check_is_fitted
 
     from . import __version__
 
-    check_is_fitted(model, "network_")
     manifest = {
         "format": FORMAT, "featx_version": __version__, "estimator": "FineTunedClassifier",
         "params": {k: v for k, v in model.get_params(deep=False).items() if k != "cache_dir"},
         "backbone": model.backbone_name_, "fingerprint": model.fingerprint_, "classes": model.classes_.tolist(),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.network_.state_dict().items()}
-    return _write(path, {"manifest.json": json.dumps(manifest, indent=2).encode(), "weights.safetensors": to_safetensors(state)})
+    return _write(path, {"manifest.json": json.dumps(manifest, indent=2).encode(), WEIGHTS: to_safetensors(state)})
 
 
 def _load_finetuned(path: Path, manifest: dict, weights: bytes, cache_dir):
@@ -102,58 +137,72 @@ def _load_finetuned(path: Path, manifest: dict, weights: bytes, cache_dir):
     return model
 
 
-def load(path: str | os.PathLike, *, backbone=None, cache_dir=None):
+def load(path: str | os.PathLike, *, backbone: Any = None, cache_dir: str | os.PathLike | None = None):
     """Read a model written by ``save``; refuses files with untrusted content.
 
-    The backbone is rebuilt from its recorded name and options and must have the recorded
-    fingerprint (same weights and preprocessing), else the predictions would silently differ.
-    Pass ``backbone=`` (a name or instance) to supply it explicitly; ``cache_dir`` as for the estimators.
+    Every featx estimator inside gets its backbone rebuilt from the recorded name and options,
+    and it must have the recorded fingerprint (same weights and preprocessing), else the
+    predictions would silently differ.
+
+    Parameters
+    ----------
+    path : str or path
+        A ``.featx`` file.
+    backbone : str or Backbone, optional
+        The backbone to use instead of the recorded one (it must have the same fingerprint).
+    cache_dir : str or path, optional
+        The embedding cache the loaded featx estimators use (default ``$FEATX_CACHE_DIR`` or ``./cache``).
+
+    Returns
+    -------
+    estimator
+        The fitted model, ready to ``predict``.
     """
     import skops.io as sio
 
-    from .estimators import TransferClassifier, resolve_backbone
+    from .estimators import restoring
 
     path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"{str(path)!r} is a folder, not a model file: pass the .featx file inside it "
+                            f"(e.g. {str(path / 'best.featx')!r})")
     try:
         with zipfile.ZipFile(path) as z:
             manifest = json.loads(z.read("manifest.json"))
-            if manifest.get("estimator") == "FineTunedClassifier" and manifest.get("format") == FORMAT:
-                return _load_finetuned(path, manifest, z.read("weights.safetensors"), cache_dir)
-            head_bytes = z.read("head.skops")
+            names = set(z.namelist())
+            if WEIGHTS in names and manifest.get("format") in FINETUNED_FORMATS:
+                return _load_finetuned(path, manifest, z.read(WEIGHTS), cache_dir)
+            if manifest.get("format") != FORMAT:
+                raise BadInputError(f"{str(path)!r}: unsupported model format {manifest.get('format')!r} (this featx "
+                                    f"reads {FORMAT!r}); fit the model again and save it with this version")
+            payload = z.read(MODEL)
     except FileNotFoundError:
         raise BadInputError(f"model file {str(path)!r} does not exist") from None
-    except (zipfile.BadZipFile, KeyError, ValueError, AttributeError) as exc:
+    except (zipfile.BadZipFile, KeyError, ValueError, AttributeError, OSError) as exc:
+        if isinstance(exc, FeatxError):
+            raise
         raise BadInputError(f"{str(path)!r} is not a featx model file ({exc})") from None
-    if manifest.get("format") != FORMAT or manifest.get("estimator") != "TransferClassifier":
-        raise BadInputError(f"{str(path)!r}: unsupported model format {manifest.get('format')!r}")
     try:
-        untrusted = sio.get_untrusted_types(data=head_bytes)
+        untrusted = sio.get_untrusted_types(data=payload)
     except Exception as exc:
-        raise BadInputError(f"{str(path)!r}: the head is damaged ({exc})") from None
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+        raise BadInputError(f"{str(path)!r}: the model is damaged ({exc})") from None
+    refused = [t for t in untrusted if t not in TRUSTED_TYPES and not t.startswith(TRUSTED_PREFIXES)]
     if refused:
         raise BadInputError(
-            f"{str(path)!r} refers to types outside featx heads/scikit-learn/numpy/scipy ({', '.join(refused)}); "
+            f"{str(path)!r} refers to types outside featx estimators/scikit-learn/numpy/scipy ({', '.join(refused)}); "
             f"refusing to load it. Only load model files you trust after inspecting them with skops."
         )
-    head = sio.loads(head_bytes, trusted=untrusted)
-
-    params = dict(manifest["params"])
-    params["head"] = manifest["head"] if manifest["head"] is not None else head
-    if backbone is not None:
-        params["backbone"], params["backbone_options"] = backbone, None
-    params["cache_dir"] = cache_dir
-    model = TransferClassifier(**params)
-    built = resolve_backbone(model.backbone, model.backbone_options)
-    if built.fingerprint() != manifest["fingerprint"]:
-        raise BadInputError(
-            f"{str(path)!r} was fitted on backbone {manifest['backbone']!r} with fingerprint "
-            f"{manifest['fingerprint']}, but {built.name!r} here has fingerprint {built.fingerprint()} "
-            f"(different weights, preprocessing or options). Install the same weights or pass backbone=."
-        )
-    model.head_ = head
-    model.classes_ = head.classes_
-    model.n_features_in_ = getattr(head, "n_features_in_", built.dim)
-    model.backbone_name_ = built.name
-    model.fingerprint_ = built.fingerprint()
+    with restoring(backbone, cache_dir) as backbones:
+        try:
+            model = sio.loads(payload, trusted=untrusted)
+        except FeatxError as exc:
+            raise type(exc)(f"{str(path)!r}: {exc}") from None
+    recorded = manifest.get("backbones") or []
+    if _sorted(backbones) != _sorted(recorded):
+        raise BadInputError(f"{str(path)!r}: the manifest records backbones {recorded}, the model holds {backbones} "
+                            f"(a different fingerprint: the file was changed after saving); save the model again")
     return model
+
+
+def _sorted(backbones: list[dict]) -> list[tuple]:
+    return sorted((b.get("name"), b.get("fingerprint")) for b in backbones)

@@ -2,7 +2,8 @@
 
 Entry points in the ``featx`` group are loaded once, lazily, on first use of the registry.
 A plugin that fails to import or whose hook raises is reported (naming it) and skipped;
-the other plugins, built-ins included, keep working.
+the other plugins, built-ins included, keep working.  Built-ins register first and keep their
+names.  Entry points of plugins that are now built in (left by an older install) are not loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from . import hookspecs
 from .errors import PluginError
 from .registry import Registry
 
-DEFAULT_PLUGINS = ("featx.backbones.timm", "featx.backbones.hf")
+DEFAULT_PLUGINS = ("featx.backbones.timm", "featx.backbones.hf", "featx.backbones.pretrained")
+BUILT_IN_NOW = ("featx_pretrained",)  # modules of former plugins whose backbones featx now ships
 
 _lock = threading.Lock()
 _pm: pluggy.PluginManager | None = None
@@ -45,7 +47,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
             for module_name in DEFAULT_PLUGINS:
                 pm.register(importlib.import_module(module_name), name=module_name)
             for ep in entry_points(group="featx"):
-                if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+                if pm.has_plugin(ep.name) or pm.is_blocked(ep.name) or ep.module in BUILT_IN_NOW:
                     continue
                 try:
                     pm.register(ep.load(), name=ep.name)

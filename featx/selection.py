@@ -15,6 +15,7 @@ one backbone to it) recomputes only what is new.
 from __future__ import annotations
 
 import json
+import numbers
 import platform
 import sys
 import time
@@ -25,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backbones.base import Backbone, digest, write_json_atomic
+from ._fs import digest, write_json_atomic
+from .backbones.base import Backbone
 from .cache import EmbeddingCache
 from .errors import BadInputError
 from .heads import HEADS, head_name, make_head
@@ -36,24 +38,36 @@ PROTOCOL_VERSION = 1
 
 @dataclass
 class SweepResult:
-    """A leaderboard (one row per backbone/view/head, best first), the fitted winner and the manifest."""
+    """A leaderboard (one row per backbone/view/head, best first), the fitted winner and the manifest.
+
+    ``evaluation`` describes the winner on the test split (or, without one, from out-of-fold
+    cross-validation predictions): ``split``, ``labels``, the confusion ``matrix`` (counts) and
+    ``per_class`` precision/recall/F1.  ``report`` is the rendered ``report.html`` (``None`` when not
+    rendered).
+    """
 
     leaderboard: list[dict]
     best_: Any
     manifest: dict
     correlations: dict[str, float]
-    confusion: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+    source: dict | None = None
     run_dir: Path | None = None
+    report: Path | None = None
 
     def table(self, limit: int | None = None) -> str:
-        """The leaderboard as aligned text."""
-        header = f"{'#':>2} {'backbone':34s} {'view':8s} {'head':7s} {'cv acc':>14s} {'bal acc':>7s} {'macroF1':>7s} {'test':>6s} {'extract s':>9s} {'fit s':>6s}"
+        """The leaderboard as aligned text; rows of random-init backbones end in ``[random init]``."""
+        header = (f"{'#':>2} {'backbone':34s} {'view':8s} {'head':7s} {'cv acc':>14s} {'bal acc':>7s} {'macroF1':>7s} "
+                  f"{'test':>6s} {'extract s':>9s} {'fit s':>6s}")
         lines = [header, "-" * len(header)]
         for rank, r in enumerate(self.leaderboard[:limit], 1):
             test = f"{r['test_accuracy']:.3f}" if r.get("test_accuracy") is not None else "-"
             lines.append(f"{rank:2d} {r['backbone'][:34]:34s} {r['view'][:8]:8s} {r['head'][:7]:7s} "
                          f"{r['cv_accuracy']:.3f} ± {r['cv_accuracy_std']:.3f} {r['cv_balanced_accuracy']:7.3f} "
-                         f"{r['cv_macro_f1']:7.3f} {test:>6s} {r['extract_seconds']:9.1f} {r['fit_seconds']:6.2f}")
+                         f"{r['cv_macro_f1']:7.3f} {test:>6s} {r['extract_seconds']:9.1f} {r['fit_seconds']:6.2f}"
+                         + ("  [random init]" if r.get("random_init") else ""))
+        if any(r.get("random_init") for r in self.leaderboard[:limit]):
+            lines.append("[random init]: the backbone has no pretrained weights; its rows score an untrained network")
         return "\n".join(lines)
 
 
@@ -77,17 +91,117 @@ def _specs(backbones, backbone_options: dict | None) -> list[tuple[Any, dict | N
         else:
             specs.append((b, (backbone_options or {}).get(b)))
     if not specs:
-        raise BadInputError("sweep needs at least one backbone")
+        raise BadInputError("sweep needs at least one backbone: give backbones=[\"timm/tf_efficientnet_lite0\", ...]")
     return specs
 
 
-def _folds(y: np.ndarray, cv: int, seed: int):
+def _describe(backbone: Backbone, requested: dict | None) -> dict:
+    """What the manifest and the leaderboard record about a backbone (contract: ``random_init``, ``options``)."""
+    return {"name": backbone.name, "modality": backbone.modality, "requested_options": requested,
+            "options": getattr(backbone, "options", {}), "random_init": bool(getattr(backbone, "random_init", False))}
+
+
+def _class_name(label) -> str:
+    return repr(str(label))
+
+
+def _least_populated(y: np.ndarray) -> tuple[str, int, int]:
+    """The least populated class of ``y`` (its name for messages), its count and the number of classes."""
+    classes, counts = np.unique(y, return_counts=True)
+    i = int(np.argmin(counts))
+    return _class_name(classes[i]), int(counts[i]), len(classes)
+
+
+def _check_cv(cv) -> None:
+    if isinstance(cv, bool) or not isinstance(cv, numbers.Integral) or cv < 2:
+        raise BadInputError(f"cv={cv!r}: cross-validation needs a whole number of folds, at least 2; "
+                            f"give e.g. cv=5 (the default)")
+
+
+def _check_test_size(test_size) -> None:
+    if test_size is None or (isinstance(test_size, numbers.Real) and not isinstance(test_size, bool)
+                             and (test_size == 0 or 0 < test_size < 1)):
+        return
+    raise BadInputError(f"test_size={test_size!r} is not a fraction between 0 and 1: give e.g. test_size=0.3 to hold "
+                        f"out 30 % of the samples, or None (or 0) for no test split")
+
+
+def holdout_split(X, y, test_size: float, seed: int = 0):
+    """Split off a stratified test set, the way ``sweep(..., test_size=...)`` does.
+
+    Parameters
+    ----------
+    X : sequence or numpy array
+        Samples (paths, texts, arrays).
+    y : array-like
+        One label per sample.
+    test_size : float
+        Fraction of the samples to hold out, strictly between 0 and 1.
+    seed : int
+        Random state of the split.
+
+    Returns
+    -------
+    tuple
+        ``(X_train, y_train, X_test, y_test)``; samples keep their type (arrays stay arrays, others become lists).
+
+    >>> X_train, y_train, X_test, y_test = holdout_split([f"s{i}" for i in range(8)], ["a", "b"] * 4, test_size=0.25)
+    >>> len(X_train), sorted(y_test.tolist())
+    (6, ['a', 'b'])
+    """
+    from sklearn.model_selection import train_test_split
+
+    _check_test_size(test_size)
+    y = np.asarray(y)
+    name, count, n_classes = _least_populated(y)
+    if count < 2:
+        raise BadInputError(f"class {name} has only {count} sample; a stratified test split (test_size={test_size}) needs "
+                            f"at least 2 of every class: add samples of {name}, drop that class, or give test_size=None")
+    n_test = int(np.ceil(test_size * len(y)))
+    if min(n_test, len(y) - n_test) < n_classes:
+        raise BadInputError(f"test_size={test_size} holds out {n_test} of {len(y)} samples, but both sides of a "
+                            f"stratified split need one sample of each of the {n_classes} classes: give more data or "
+                            f"a test_size between {n_classes / len(y):.2f} and {1 - n_classes / len(y):.2f}")
+    train, test = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
+    pick = (lambda idx: X[idx]) if isinstance(X, np.ndarray) else (lambda idx: [X[i] for i in idx])
+    return pick(train), y[train], pick(test), y[test]
+
+
+def _train_and_test(X, y, X_test, y_test, test_size, seed):
+    """The training samples and the test split (given, split off by ``test_size``, or none), checked."""
+    from .datasets import labels_or_raise
+
+    _check_test_size(test_size)
+    if X_test is None and y_test is None:
+        return holdout_split(X, y, test_size, seed) if test_size else (X, y, None, None)
+    if test_size:
+        raise BadInputError(f"test_size={test_size} and X_test/y_test were both given: give a test split or a "
+                            f"fraction to split off, not both")
+    if y_test is None:
+        raise BadInputError("X_test was given without y_test: give the test labels too (y_test=...), or drop X_test")
+    if X_test is None:
+        raise BadInputError("y_test was given without X_test: give the test samples too (X_test=...), or drop y_test")
+    if len(X_test) != len(y_test):
+        raise BadInputError(f"len(X_test) = {len(X_test)} but len(y_test) = {len(y_test)}: give one label per test sample")
+    return X, y, X_test, labels_or_raise(y_test, len(X_test))
+
+
+def _folds(y: np.ndarray, cv: int, seed: int, after_split: bool):
+    """Stratified folds; fewer than ``cv`` (with a warning) when the least populated class is smaller."""
+    import warnings
+
     from sklearn.model_selection import StratifiedKFold
 
-    smallest = int(np.unique(y, return_counts=True)[1].min())
-    if smallest < 2:
-        raise BadInputError("every class needs at least 2 training samples for cross-validation")
-    return StratifiedKFold(n_splits=min(cv, smallest), shuffle=True, random_state=seed)
+    name, count, _ = _least_populated(y)
+    where = " after the test split" if after_split else ""
+    if count < 2:
+        raise BadInputError(f"class {name} has only {count} training sample{where}; cross-validation needs at least 2 of "
+                            f"every class: add samples of {name} or drop that class"
+                            + (", or hold out fewer (a smaller test_size)" if after_split else ""))
+    if count < cv:
+        warnings.warn(f"cv={cv} lowered to {count} folds: class {name} has only {count} training samples{where}, "
+                      f"and every fold needs each class", UserWarning, stacklevel=3)
+    return StratifiedKFold(n_splits=min(cv, count), shuffle=True, random_state=seed)
 
 
 class _ResultsCache:
@@ -166,47 +280,87 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
           backbone_options: dict | None = None, X_test=None, y_test=None, test_size: float | None = None,
           cv: int = 5, grids: dict | None = None, views: bool = True, transferability: bool = True,
           cache_dir=None, run_dir=None, seed: int = 0, n_jobs: int | None = None, progress: bool = True,
-          report: bool = True, engine: str = "local") -> SweepResult:
+          report: bool = True, engine: str = "local", source: dict | None = None) -> SweepResult:
     """Rank every backbone × view × head on ``(X, y)`` by cross-validated accuracy.
 
-    ``backbones``: registered names, ``(name, options)`` pairs or ``Backbone`` instances
-    (``backbone_options`` maps names to options).  ``heads``: built-in names or scikit-learn
-    classifiers; ``grids`` overrides a head's grid by its name.  A test split (``X_test``/``y_test``,
-    or ``test_size`` to split off a stratified one) is scored once per row and never seen by CV.
-    ``views=False`` evaluates only the full vector of multi-layer backbones.  ``engine="ray"``
-    embeds cache misses on a Ray cluster (see ``featx.extract``).  With ``run_dir``,
-    writes the leaderboard, a manifest, the best model (``best.featx``) and an HTML report.
-    """
-    from sklearn.model_selection import train_test_split
+    Every argument is checked before anything is embedded.  With ``run_dir`` the results are saved
+    first (``source.json``, ``leaderboard.csv``/``.json``, ``manifest.json``, ``best.featx``) and the
+    HTML report is rendered last: if rendering fails, a warning names the cause and the results stay
+    (render them later with ``featx report RUN_DIR``).
 
+    Parameters
+    ----------
+    X, y : sequence, array-like
+        Training samples (image paths/images or texts) and their labels.
+    backbones : sequence
+        Registered names, ``(name, options)`` pairs or ``featx.Backbone`` instances.
+    heads : sequence
+        Built-in head names (``featx.heads.HEADS``) or scikit-learn classifier instances.
+    backbone_options : dict, optional
+        Options by backbone name (for names given without options).
+    X_test, y_test : sequence, array-like, optional
+        A test split, scored once per row and never seen by cross-validation.
+    test_size : float, optional
+        Instead of ``X_test``/``y_test``: the fraction of ``(X, y)`` to split off (stratified, by ``seed``).
+    cv : int
+        Stratified folds (at least 2; fewer, with a warning, when a class has fewer training samples).
+    grids : dict, optional
+        Hyper-parameter grids by head name, replacing the built-in ones.
+    views : bool
+        ``False`` evaluates only the full vector of multi-layer backbones.
+    transferability : bool
+        Compute the feature-only scores (``featx.transferability``) of every backbone/view.
+    cache_dir, engine, n_jobs, progress
+        As in ``featx.extract``; ``n_jobs`` parallelises the grid searches.
+    run_dir : path, optional
+        Folder for the run's files and report.
+    seed : int
+        Seed of the split and the folds.
+    report : bool
+        Render ``report.html`` (and its plots) into ``run_dir``.
+    source : dict, optional
+        How the data was loaded (``data``, ``text_column``, ``label_column``, ``test_size``, ``seed``,
+        ``options``), written to ``run_dir/source.json``; the report turns it into the ``featx sweep``
+        command that reproduces the run.
+
+    Returns
+    -------
+    SweepResult
+        The leaderboard (best first), the refitted winner ``best_``, the manifest, the rank
+        correlations of the transferability scores, and the winner's evaluation.
+
+    >>> result = featx.sweep(texts, labels, backbones=["hf/all-MiniLM-L6-v2"], heads=["logreg", "knn"],
+    ...                      test_size=0.3, run_dir="runs/news")          # doctest: +SKIP
+    >>> print(result.table())                                            # doctest: +SKIP
+    """
     from .datasets import as_samples, labels_or_raise
     from .estimators import TransferClassifier, resolve_backbone
     from .extraction import extract
     from .transferability import score_all
 
     say = print if progress else (lambda *a, **k: None)
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    if not heads:
+        raise BadInputError("sweep needs at least one head: give heads=[\"logreg\", ...] (see featx.heads.HEADS)")
     for head in heads:
         make_head(head)  # unknown names fail now, not after the extraction
+    specs = _specs(backbones, backbone_options)
+    _check_cv(cv)
     y = labels_or_raise(y, len(X))
-    if X_test is None and test_size:
-        idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
-        pick = (lambda idx: X[idx]) if isinstance(X, np.ndarray) else (lambda idx: [X[i] for i in idx])
-        X, X_test, y, y_test = pick(idx_train), pick(idx_test), y[idx_train], y[idx_test]
-    if X_test is not None:
-        y_test = labels_or_raise(y_test, len(X_test)) if y_test is not None else None
-        if y_test is None:
-            raise BadInputError("X_test was given without y_test")
-    folds = _folds(y, cv, seed)
+    X, y, X_test, y_test = _train_and_test(X, y, X_test, y_test, test_size, seed)
+    folds = _folds(y, cv, seed, after_split=bool(test_size))
     results = _ResultsCache(cache_dir)
     rows: list[dict] = []
-    fitted: dict[tuple, np.ndarray] = {}
+    fitted: dict[tuple, tuple] = {}
     manifest_backbones = []
     data_key = test_key = None
     hashed: dict[str, tuple] = {}  # modality -> (train, test) samples: content hashed once for every backbone
 
-    for spec, options in _specs(backbones, backbone_options):
+    for spec, options in specs:
         backbone = resolve_backbone(spec, options)
-        say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else ""))
+        described = _describe(backbone, options)
+        say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else "")
+            + (" (random init: no pretrained weights)" if described["random_init"] else ""))
         if backbone.modality not in hashed:
             keys_dir = EmbeddingCache(cache_dir).keys_dir
             hashed[backbone.modality] = (as_samples(X, backbone.modality, keys_dir),
@@ -221,8 +375,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         extract_s = train.stats.seconds + (test.stats.seconds if test else 0.0)
         hits = train.stats.hits + (test.stats.hits if test else 0)
         embedded = train.stats.embedded + (test.stats.embedded if test else 0)
-        manifest_backbones.append({"name": backbone.name, "options": options, "fingerprint": backbone.fingerprint(),
-                                   "store_key": train.stats.store_key, "dim": backbone.dim, "views": list(backbone.views)})
+        manifest_backbones.append({**described, "fingerprint": backbone.fingerprint(), "store_key": train.stats.store_key,
+                                   "dim": backbone.dim, "views": list(backbone.views)})
         whole = [("all", slice(0, backbone.dim))]
         view_items = whole + list(backbone.views.items()) if views and len(backbone.views) > 1 else whole
         for view, columns in view_items:
@@ -244,7 +398,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
                     cv_result = _grid_search(head, Z, y, folds, grid, n_jobs)
                     if isinstance(head, str):
                         results.put(head_key, cv_result)
-                row = {"backbone": backbone.name, "view": view, "head": name, **cv_result,
+                row = {"backbone": backbone.name, "random_init": described["random_init"],
+                       "backbone_options": described["options"], "view": view, "head": name, **cv_result,
                        "extract_seconds": extract_s, "cache_hits": hits, "embedded": embedded,
                        "cv_from_cache": cached_cv, **{f"score_{k}": v for k, v in scores.items()}}
                 row.update(_refit_and_test(head, cv_result["params"], Z, y, test, columns, y_test, results,
@@ -264,47 +419,76 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     if not isinstance(head, str):
         best.set_params(head=make_head(head, **top["params"]))
     best.fit_embeddings(Z, y)
-    confusion = {}
     if test is not None:
-        from sklearn.metrics import confusion_matrix
+        evaluation = _evaluation(y_test, best.head_.predict(np.ascontiguousarray(test.vectors[:, columns])),
+                                 best.classes_, "test")
+    else:
+        from sklearn.model_selection import cross_val_predict
 
-        predicted = best.head_.predict(np.ascontiguousarray(test.vectors[:, columns]))
-        confusion = {"labels": [str(c) for c in best.classes_], "matrix": confusion_matrix(y_test, predicted, labels=best.classes_).tolist(),
-                     "split": "test"}
-    correlations = rank_correlations(rows)
+        out_of_fold = cross_val_predict(make_head(best.head, **(best.head_params or {})), Z, y, cv=folds)
+        evaluation = _evaluation(y, out_of_fold, best.classes_, "cross-validation (out-of-fold)")
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
-        "backbones": manifest_backbones, "heads": [head_name(h) for h in heads], "cv_folds": folds.get_n_splits(),
-        "seed": seed, "data_fingerprint": data_key, "n_train": len(y), "n_test": None if X_test is None else len(y_test),
-        "classes": [str(c) for c in best.classes_], "metric": "accuracy",
-        "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_accuracy", "test_accuracy")},
+        "backbones": manifest_backbones, "heads": [head_name(h) for h in heads], "cv": int(cv),
+        "cv_folds": folds.get_n_splits(), "test_size": test_size or None, "grids": grids, "views": views,
+        "transferability": transferability, "seed": seed, "data_fingerprint": data_key, "n_train": len(y),
+        "n_test": None if X_test is None else len(y_test), "classes": [str(c) for c in best.classes_],
+        "metric": "accuracy", "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_accuracy", "test_accuracy")},
     }
-    result = SweepResult(rows, best, manifest, correlations, confusion)
+    result = SweepResult(rows, best, manifest, rank_correlations(rows), evaluation, source)
     if run_dir is not None:
         from .report import write_run
 
-        result.run_dir = write_run(result, run_dir, render=report)
-        say(f"[sweep] wrote {result.run_dir}")
+        result.run_dir, result.report = write_run(result, run_dir, render=report)
+        say(f"[sweep] wrote {result.run_dir}" + (f"; report {result.report}" if result.report else ""))
     return result
 
 
-def rank_correlations(rows: list[dict]) -> dict[str, float]:
-    """Spearman correlation of each transferability score with the best CV accuracy per backbone/view."""
-    from scipy.stats import spearmanr
+def _evaluation(y_true, predicted, classes, split: str) -> dict:
+    """Confusion counts and per-class precision/recall/F1 of the winner's predictions on ``split``."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, predicted, labels=classes, zero_division=0)
+    per_class = [{"class": str(c), "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+                 for c, p, r, f, n in zip(classes, precision, recall, f1, support)]
+    return {"split": split, "labels": [str(c) for c in classes], "per_class": per_class,
+            "matrix": confusion_matrix(y_true, predicted, labels=classes).tolist(),
+            "accuracy": float(np.mean(np.asarray(y_true) == np.asarray(predicted)))}
+
+
+def best_per_setup(rows: list[dict]) -> list[dict]:
+    """The best row (by CV accuracy) of each backbone/view setup, in first-seen order."""
     setups: dict[tuple, dict] = {}
     for r in rows:
         key = (r["backbone"], r["view"])
         if key not in setups or r["cv_accuracy"] > setups[key]["cv_accuracy"]:
             setups[key] = r
-    best_rows = list(setups.values())
-    names = sorted({k[6:] for r in best_rows for k in r if k.startswith("score_")})
-    out = {}
-    for name in names:
-        values = [r[f"score_{name}"] for r in best_rows]
-        accuracy = [r["cv_accuracy"] for r in best_rows]
-        if len(best_rows) < 3 or len(set(values)) < 2 or len(set(accuracy)) < 2:
-            out[name] = float("nan")
-        else:
-            out[name] = float(spearmanr(values, accuracy).statistic)
-    return out
+    return list(setups.values())
+
+
+def correlation_gap(setups: list[dict], score: str) -> str | None:
+    """Why the rank correlation of ``score`` with CV accuracy is undefined over ``setups`` (``None``: it is defined)."""
+    values = [r.get(f"score_{score}") for r in setups]
+    if len(setups) < 3:
+        return f"needs at least 3 backbone/view setups to rank; this sweep has {len(setups)}"
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+        return "the score could not be computed for every setup"
+    if len(set(values)) < 2:
+        return "the score is the same for every setup"
+    if len({r["cv_accuracy"] for r in setups}) < 2:
+        return "every setup has the same best CV accuracy"
+    return None
+
+
+def rank_correlations(rows: list[dict]) -> dict[str, float]:
+    """Spearman correlation of each transferability score with the best CV accuracy per backbone/view.
+
+    NaN where the correlation is undefined (``correlation_gap`` says why).
+    """
+    from scipy.stats import spearmanr
+
+    setups = best_per_setup(rows)
+    names = sorted({k[6:] for r in setups for k in r if k.startswith("score_")})
+    return {name: float("nan") if correlation_gap(setups, name) else
+            float(spearmanr([r[f"score_{name}"] for r in setups], [r["cv_accuracy"] for r in setups]).statistic)
+            for name in names}

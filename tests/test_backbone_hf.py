@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 import featx
-from featx.errors import UnknownBackboneError
+from featx.errors import BadInputError, UnknownBackboneError
 
 TEXTS = ["the cat sat", "a dog sat on the big mat today", "stock market fell", "house", "the small dog rose quietly"]
 
@@ -87,8 +89,26 @@ def test_missing_directory_is_an_unknown_backbone(tmp_path):
 
 
 def test_cache_round_trip_through_embedder(tiny_bert_dir, tmp_path):
-    emb = featx.Embedder(f"hf/{tiny_bert_dir}", cache_dir=tmp_path / "c")
-    first = emb.transform(TEXTS)
-    assert emb.last_extraction_.embedded == 5
-    np.testing.assert_array_equal(emb.transform(TEXTS[::-1]), first[::-1])
-    assert emb.last_extraction_.embedded == 0
+    backbone = featx.create_backbone(f"hf/{tiny_bert_dir}")
+    first = featx.extract(backbone, TEXTS, cache_dir=tmp_path / "c")
+    assert first.stats.embedded == 5
+    np.testing.assert_array_equal(featx.Embedder(backbone, cache_dir=tmp_path / "c").transform(TEXTS[::-1]), first.vectors[::-1])
+    assert featx.extract(backbone, TEXTS, cache_dir=tmp_path / "c").stats.embedded == 0
+
+
+def test_one_layer_as_an_int_options_and_weights(tiny_bert_dir):
+    one = featx.create_backbone(f"hf/{tiny_bert_dir}", layers=-1)
+    assert one.layers == [-1] and one.fingerprint() == featx.create_backbone(f"hf/{tiny_bert_dir}", layers=[-1]).fingerprint()
+    assert one.options == {"pooling": "mean", "layers": [-1], "max_length": 64, "normalize": False}
+    assert not one.random_init  # weights come from the folder
+    json.dumps(one.options)
+
+
+@pytest.mark.parametrize("option, named", [
+    ({"normalize": "yes"}, "normalize='yes' must be True or False"), ({"layers": [-9]}, "layers=[-9] out of range"),
+    ({"max_length": 0}, "max_length=0"), ({"pooling": "max"}, "pooling='max'"), ({"layers": []}, "layers=[]"),
+])
+def test_bad_options_are_named(tiny_bert_dir, option, named):
+    with pytest.raises(BadInputError) as info:
+        featx.create_backbone(f"hf/{tiny_bert_dir}", **option)
+    assert named in str(info.value)

@@ -225,3 +225,43 @@ def test_cpu_allocator_setting_can_be_turned_off(setting, expected):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "FEATX_MALLOC_TUNING": setting}).stdout.split()
     assert out == [expected, expected]  # applied once, reported the same on every call
+
+
+def test_options_random_init_and_one_layer_as_an_int():
+    b = backbone(layers=-1)
+    assert b.layers == [-1] and b.fingerprint() == backbone(layers=[-1]).fingerprint()
+    assert b.random_init and b.options == {"image_size": 64, "pooling": "avg", "layers": [-1], "weights": "random init"}
+    assert featx.create_backbone("timm/test_vit").options["pooling"] == "token"  # the model's own
+    assert backbone(pooling="avgmax").options["pooling"] == "avgmax"
+
+
+def test_options_name_the_weights_file(tmp_path):
+    torch.save(backbone().model.state_dict(), tmp_path / "mine.pth")
+    b = backbone(weights=tmp_path / "mine.pth")
+    assert not b.random_init and b.options["weights"] == "mine.pth"
+
+
+@pytest.mark.parametrize("pooling, valid", [("foo", "Valid: avg, max, avgmax (default: avg)"),
+                                            ("map", "Valid: avg, max, avgmax, token (default: token)")])
+def test_pooling_is_checked_against_the_model(pooling, valid):
+    name = "test_vit" if pooling == "map" else MODEL
+    with pytest.raises(BadInputError) as info:
+        featx.create_backbone(f"timm/{name}", pooling=pooling).dim
+    assert f"pooling={pooling!r}" in str(info.value) and valid in str(info.value)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:0", 0])
+def test_unknown_devices_are_named(device):
+    from featx.backbones.base import resolve_device
+
+    with pytest.raises(BadInputError, match=f"device={device!r} is not a device featx knows; use 'auto', 'cpu'"):
+        resolve_device(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_named(image_folder, tmp_path):
+    from featx.datasets import load_image_folder
+
+    paths, _ = load_image_folder(image_folder)
+    with pytest.raises(BadInputError, match="device='cuda' but torch sees no CUDA GPUs here; use device='auto'"):
+        featx.extract(backbone(), paths, device="cuda", cache_dir=tmp_path)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression, Ridge
 
 import featx
 from featx.cache import CacheError
@@ -33,6 +34,10 @@ def embed(X, **kw):
 
 def embed_text(X, cache):
     return lambda: featx.extract(CountingTextBackbone(), X, cache_dir=cache)
+
+
+def embed_text_with(tmp_path, **kw):
+    return lambda: featx.extract(CountingTextBackbone(), ["a"], cache_dir=tmp_path / "c", **kw)
 
 
 def write(path, data: bytes):
@@ -67,7 +72,7 @@ def tampered(tmp_path, manifest_change):
         manifest = json.loads(src.read("manifest.json"))
         manifest_change(manifest)
         dst.writestr("manifest.json", json.dumps(manifest))
-        dst.writestr("head.skops", src.read("head.skops"))
+        dst.writestr("model.skops", src.read("model.skops"))
     return str(out)
 
 
@@ -85,6 +90,28 @@ def failing_replace(code):
         monkeypatch.setattr(cache_module.os, "replace", replace)
         return embed_text(["x"], tmp_path / "c")
     return action
+
+
+def image_tree(root, flat=False):
+    """Two classes of two PNGs each under root/<class>/ (or all four directly in root)."""
+    paths = [good_png(root / ("" if flat else c) / f"{c}{i}.png") for c in ("cat", "dog") for i in range(2)]
+    return paths, ["cat", "cat", "dog", "dog"]
+
+
+def fit_with(tmp_path, X=None, y=None, backbone=None, **params):
+    X = ["a", "b", "c", "d"] if X is None else X
+    y = ["x", "x", "y", "y"] if y is None else y
+    backbone = backbone or CountingTextBackbone()
+    return lambda: featx.TransferClassifier(backbone, cache_dir=tmp_path / "c", **params).fit(X, y)
+
+
+def dataframe():
+    import pandas as pd
+
+    return pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]})
+
+
+ARTICLE = "Ad sales boost Time Warner profit. Quarterly profits at US media giant TimeWarner jumped 76% " * 30
 
 
 class Broken(CountingTextBackbone):
@@ -148,13 +175,64 @@ CASES = {
     "pretrained without weights": lambda t: (lambda: featx.create_backbone("timm/resnet18", pretrained=True),
                                              BadInputError, "weights=<local state_dict file>"),
     "missing weights file": lambda t: (lambda: featx.create_backbone("timm/resnet18", weights=t / "w.pth"), BadInputError, "w.pth"),
+    "image files to a text backbone": lambda t: (fit_with(t, *image_tree(t / "imgs")), BadInputError,
+                                                 "cat0.png') is an image file, but backbone 'test/counting' embeds text"),
+    "an article to an image backbone": lambda t: (embed([ARTICLE], cache_dir=t / "c"), BadInputError, "sample 0 is text ('Ad sales"),
+    "input says image to a text backbone": lambda t: (lambda: featx.extract(CountingTextBackbone(), ["a"], input="image",
+                                                                            cache_dir=t / "c"), BadInputError, "input='image' but backbone 'test/counting' embeds texts: choose an image backbone"),
+    "input not auto/text/image": lambda t: (fit_with(t, input="pictures"), BadInputError, "'input' parameter"),
+    "a DataFrame as X": lambda t: (embed_text(dataframe(), t / "c"), BadInputError, "df['text']"),
+    "a generator as X": lambda t: (fit_with(t, X=(x for x in "abcd")), BadInputError, "generator"),
+    "a 2-D array of texts": lambda t: (embed_text(np.array([["a", "b"], ["c", "d"]]), t / "c"), BadInputError, "(2, 2)"),
+    # labels
+    "2-D labels": lambda t: (fit_with(t, y=np.zeros((4, 2))), BadInputError, "multi-label"),
+    "one-column labels": lambda t: (fit_with(t, y=np.zeros((4, 1))), BadInputError, "y.ravel()"),
+    "multi-label lists": lambda t: (fit_with(t, y=[["x", "y"], ["x"], ["y"], ["y"]]), BadInputError, "['x', 'y']"),
+    "continuous labels": lambda t: (fit_with(t, X=[f"t{i}" for i in range(30)], y=np.linspace(0.05, 3.1, 30)),
+                                    BadInputError, "continuous (30 distinct float values"),
+    "single class as a numpy str": lambda t: (fit_with(t, y=np.array(["sports"] * 4)), BadInputError, "single class 'sports'"),
+    "missing label column": lambda t: (lambda: load_text_table(write(t / "news.csv", b"text,category\nx,a\n")),
+                                       BadInputError, "no label column 'label' (columns: ['text', 'category'])"),
+    "flat image folder": lambda t: (lambda: load_image_folder(image_tree(t / "flat", flat=True) and t / "flat"),
+                                    BadInputError, "holds 4 images directly inside but no class sub-folders"),
+    # heads
+    "head parameter in the wrong case": lambda t: (fit_with(t, head_params={"c": 1}), BadInputError, "no parameter 'c'. Did you mean: 'C'?"),
+    "parameter of a scikit-learn head": lambda t: (fit_with(t, head=LogisticRegression(), head_params={"alpah": 1}),
+                                                   BadInputError, "'alpah'"),
+    "a regressor as head": lambda t: (fit_with(t, head=Ridge()), BadInputError, "head=Ridge() is a regressor"),
+    "a head parameter out of range": lambda t: (fit_with(t, head_params={"C": -1.0}), BadInputError, "'C' parameter of LinearProbe"),
+    # estimator parameters
+    "negative batch size in an estimator": lambda t: (fit_with(t, batch_size=-3), BadInputError, "'batch_size' parameter"),
+    "options for a backbone instance": lambda t: (fit_with(t, backbone_options={"bins": 2}), BadInputError, "'test/counting'"),
+    # backbone options
+    "misspelt backbone option": lambda t: (lambda: featx.create_backbone("timm/resnet18", imagesize=128), BadInputError,
+                                           "no option 'imagesize'. Did you mean: 'image_size'?"),
+    "unknown timm pooling": lambda t: (lambda: featx.create_backbone("timm/test_efficientnet", pooling="foo").dim,
+                                       BadInputError, "pooling='foo'"),
+    "token pooling on a CNN": lambda t: (lambda: featx.create_backbone("timm/test_efficientnet", pooling="token").dim,
+                                         BadInputError, "Valid: avg, max, avgmax"),
+    "pretrained as a string": lambda t: (lambda: featx.create_backbone("timm/resnet18", pretrained="false"),
+                                         BadInputError, "pretrained='false' must be True or False"),
+    "layers as a string": lambda t: (lambda: featx.create_backbone("timm/resnet18", layers="-1"), BadInputError, "layers='-1'"),
+    # extraction settings
+    "device gpu": lambda t: (lambda: featx.extract("timm/test_efficientnet", [good_png(t / "a.png")], device="gpu",
+                                                   cache_dir=t / "c"), BadInputError, "device='gpu'"),
+    "zero batch size": lambda t: (embed([good_png(t / "a.png")], cache_dir=t / "c", batch_size=0), BadInputError, "batch_size=0"),
+    "negative batch size": lambda t: (embed([good_png(t / "a.png")], cache_dir=t / "c", batch_size=-3), BadInputError, "batch_size=-3"),
+    "errors policy misspelt": lambda t: (embed_text_with(t, errors="ignore"), BadInputError, "errors='ignore'"),
     # the cache directory
     "cache dir is a file": lambda t: (embed_text(["x"], write(t / "plain.txt", b"x")), CacheError, "plain.txt"),
     # model files
     "missing model file": lambda t: (lambda: featx.load(t / "none.featx"), BadInputError, "none.featx"),
+    "a folder as model file": lambda t: (lambda: featx.load(t), BadInputError, f"{str(t)!r} is a folder"),
+    "saving an unfitted model": lambda t: (lambda: featx.save(featx.TransferClassifier(), t / "m.featx"), BadInputError,
+                                           "it is not fitted"),
+    "saving into a missing folder": lambda t: (lambda: featx.save(LogisticRegression().fit([[0], [1]], [0, 1]), t / "no" / "m.featx"),
+                                               BadInputError, "folder " + repr(str(t / "no")) + " does not exist"),
+    "saving something else": lambda t: (lambda: featx.save({"C": 1}, t / "m.featx"), BadInputError, "a dict"),
     "model file that is not a zip": lambda t: (lambda: featx.load(write(t / "junk.featx", b"junk")), BadInputError, "junk.featx"),
-    "model with a forged fingerprint": lambda t: (lambda: featx.load(tampered(t, lambda m: m.update(fingerprint="0" * 32))),
-                                                  BadInputError, "fingerprint"),
+    "model with a forged fingerprint": lambda t: (lambda: featx.load(tampered(t, lambda m: m["backbones"][0].update(fingerprint="0" * 32))),
+                                                  BadInputError, "0" * 32),
     "model with an unknown format": lambda t: (lambda: featx.load(tampered(t, lambda m: m.update(format="v99"))),
                                                BadInputError, "'v99'"),
     # plugins returning bad vectors
@@ -237,9 +315,15 @@ def test_skip_policy_reports_every_skipped_file(tmp_path):
     assert result.ok.tolist() == [True, False, True]
     assert np.isnan(result.vectors[1]).all() and np.isfinite(result.vectors[[0, 2]]).all()
     assert len(result.stats.failed) == 1 and "bad.jpg" in result.stats.failed[0]
-    clf = featx.TransferClassifier("acme/colorhist", cache_dir=tmp_path / "c", errors="skip")
-    clf.fit(paths + [good_png(tmp_path / "dark.png")], ["a", "a", "a", "b"])
-    assert clf.last_extraction_.failed and "bad.jpg" in clf.last_extraction_.failed[0]
+    dark = str(tmp_path / "dark.png")
+    Image.fromarray(np.full((8, 8, 3), 20, np.uint8)).save(dark)
+    clf = featx.TransferClassifier("acme/colorhist", head="knn", head_params={"n_neighbors": 1},
+                                   cache_dir=tmp_path / "c", errors="skip").fit(paths + [dark], ["a", "a", "a", "b"])
+    assert clf.head_.model_[-1].n_samples_fit_ == 3  # the unreadable sample is left out
+    # what the fit skipped, asked of the fitted backbone (the samples are cached by now)
+    again = featx.extract(clf.backbone_, paths + [dark], cache_dir=tmp_path / "c", errors="skip")
+    assert again.ok.tolist() == [True, False, True, True] and again.stats.embedded == 0
+    assert "bad.jpg" in again.stats.failed[0]
 
 
 def test_an_unreadable_sample_repeated_in_later_blocks_is_reported_for_each(tmp_path, monkeypatch):

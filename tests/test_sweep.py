@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -136,8 +138,6 @@ def test_run_dir_manifest_and_best_model(cache_dir, tmp_path):
     X, y, F = circles(80)
     result = featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["knn"], cv=3, cache_dir=cache_dir,
                          run_dir=tmp_path / "run", progress=False, report=False)
-    import json
-
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert {"torch", "timm", "transformers", "scikit-learn", "featx"} <= set(manifest["versions"])
     assert manifest["backbones"][0]["fingerprint"] == TableBackbone(F).fingerprint()
@@ -145,11 +145,148 @@ def test_run_dir_manifest_and_best_model(cache_dir, tmp_path):
     assert result.leaderboard[0]["head"] == manifest["best"]["head"]
 
 
+class RandomInitTable(TableBackbone):
+    """A table backbone that says it has no pretrained weights (contract: ``random_init``, ``options``)."""
+
+    random_init = True
+
+    @property
+    def options(self):
+        return {"image_size": 32, "weights": "random init"}
+
+
+def test_random_init_backbones_are_marked_in_rows_table_and_manifest(cache_dir, tmp_path):
+    X, y, F = circles(60)
+    untrained = RandomInitTable(np.random.default_rng(1).standard_normal((60, 2)), "test/untrained")
+    result = featx.sweep(X, y, backbones=[TableBackbone(F), untrained], heads=["knn", "logreg"], cv=3,
+                         cache_dir=cache_dir, run_dir=tmp_path / "run", report=False, progress=False)
+    assert {r["backbone"]: r["random_init"] for r in result.leaderboard} == {"test/table": False, "test/untrained": True}
+    assert all(r["backbone_options"] == {"image_size": 32, "weights": "random init"}
+               for r in result.leaderboard if r["backbone"] == "test/untrained")
+    lines = result.table().splitlines()
+    marked = [line for line in lines[2:] if line.endswith("[random init]")]
+    assert len(marked) == 2 and all("test/untrained" in line for line in marked)
+    assert lines[-1].startswith("[random init]: the backbone has no pretrained weights")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    entries = {b["name"]: b for b in manifest["backbones"]}
+    assert entries["test/untrained"]["random_init"] and not entries["test/table"]["random_init"]
+    assert entries["test/untrained"]["options"] == {"image_size": 32, "weights": "random init"}
+    assert "[random init]" not in featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["knn"], cv=3,
+                                              cache_dir=cache_dir, progress=False).table()
+
+
+def test_evaluation_of_the_winner_on_the_test_split_and_out_of_fold(cache_dir):
+    X, y, F = circles(120)
+    held_out = featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["knn"], test_size=0.25, cv=3,
+                           cache_dir=cache_dir, progress=False)
+    e = held_out.evaluation
+    matrix = np.asarray(e["matrix"])
+    assert e["split"] == "test" and e["labels"] == ["inner", "outer"] and matrix.sum() == 30
+    assert [c["support"] for c in e["per_class"]] == matrix.sum(axis=1).tolist() == [15, 15]
+    assert [c["recall"] for c in e["per_class"]] == pytest.approx((np.diag(matrix) / matrix.sum(axis=1)).tolist())
+    assert [c["precision"] for c in e["per_class"]] == pytest.approx((np.diag(matrix) / matrix.sum(axis=0)).tolist())
+    assert e["accuracy"] == pytest.approx(held_out.leaderboard[0]["test_accuracy"])
+    no_test = featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["knn"], cv=3, cache_dir=cache_dir,
+                          progress=False).evaluation
+    assert no_test["split"] == "cross-validation (out-of-fold)" and np.asarray(no_test["matrix"]).sum() == 120
+
+
+def test_run_folder_keeps_the_results_when_the_report_cannot_render(cache_dir, tmp_path, monkeypatch):
+    import sys
+
+    X, y, F = circles(60)
+    source = {"data": "/data/x.csv", "text_column": "text", "label_column": "label", "test_size": 0.3, "seed": 0,
+              "options": {}}
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if matplotlib were not installed
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="report could not be rendered") as caught:
+        result = featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["knn"], test_size=0.3, cv=3,
+                             cache_dir=cache_dir, run_dir=run, source=source, progress=False)
+    message = str(caught[0].message)
+    assert "ModuleNotFoundError" in message and f"pip install matplotlib), then render it with `featx report {run}`" in message
+    assert result.report is None and result.leaderboard and not (run / "report.html").exists()
+    assert json.loads((run / "source.json").read_text()) == source
+    assert json.loads((run / "leaderboard.json").read_text())["leaderboard"][0]["head"] == "knn"
+    assert json.loads(zipfile.ZipFile(run / "best.featx").read("manifest.json"))["classes"] == ["inner", "outer"]
+    monkeypatch.undo()  # matplotlib is back
+    from featx.report import render_report
+
+    assert render_report(run) == run / "report.html" and "featx sweep /data/x.csv" in (run / "report.html").read_text()
+
+
+def test_a_best_model_that_cannot_be_saved_is_a_warning_after_the_leaderboard(cache_dir, tmp_path):
+    X, y, _ = circles(60)
+    F = np.random.default_rng(0).standard_normal((60, 2)) * 0.3 + np.where(y == "inner", 2.0, -2.0)[:, None]
+    run = tmp_path / "run"
+    (run / "best.featx").mkdir(parents=True)  # something in the way of the model file
+    with pytest.warns(UserWarning, match="best model could not be saved") as caught:
+        result = featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["knn"], cv=3, cache_dir=cache_dir,
+                             run_dir=run, progress=False)
+    assert "result.best_ holds it" in str(caught[0].message)
+    assert (run / "leaderboard.csv").read_text().startswith("backbone,") and (run / "report.html").exists()
+    assert result.best_.score(X, y) > 0.9  # the winner is still usable in memory
+
+
 def test_sweep_input_errors(cache_dir):
     X, y, F = circles(20)
     with pytest.raises(featx.BadInputError, match="at least one backbone"):
         featx.sweep(X, y, backbones=[], cache_dir=cache_dir, progress=False)
-    with pytest.raises(featx.UnknownHeadError):
-        featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["forest"], cache_dir=cache_dir, progress=False)
     with pytest.raises(featx.BadInputError, match="at least 2"):
         featx.sweep(X, ["a"] * 19 + ["b"], backbones=[TableBackbone(F)], cache_dir=cache_dir, progress=False)
+
+
+def test_bad_sweep_arguments_fail_before_anything_is_embedded(cache_dir):
+    X, y, F = circles(40)
+    backbone = TableBackbone(F)
+
+    def fails(match, error=featx.BadInputError, **kwargs):
+        arguments = dict(X=X, y=y, backbones=[backbone], heads=["knn"], cv=3, cache_dir=cache_dir, progress=False)
+        arguments.update(kwargs)
+        with pytest.raises(error, match=match):
+            featx.sweep(arguments.pop("X"), arguments.pop("y"), **arguments)
+
+    fails(r"test_size=1\.5 is not a fraction between 0 and 1: give e\.g\. test_size=0\.3", test_size=1.5)
+    fails(r"test_size=-0\.2", test_size=-0.2)
+    fails(r"cv=1: cross-validation needs a whole number of folds, at least 2", cv=1)
+    fails(r"cv=2\.5", cv=2.5)
+    fails(r"X_test was given without y_test: give the test labels too", X_test=X[:5])
+    fails(r"y_test was given without X_test", y_test=y[:5])
+    fails(r"len\(X_test\) = 5 but len\(y_test\) = 4", X_test=X[:5], y_test=y[:4])
+    fails(r"len\(X\) = 40 but len\(y\) = 39", y=y[:39])
+    fails(r"test_size=0\.3 and X_test/y_test were both given", test_size=0.3, X_test=X[:5], y_test=y[:5])
+    fails(r"unknown head 'lgoreg'\. Did you mean: 'logreg'", featx.UnknownHeadError, heads=["knn", "lgoreg"])
+    fails(r"at least one head", heads=[])
+    assert backbone.embedded == 0
+
+
+def test_too_few_samples_of_a_class_names_the_class_and_its_count(cache_dir):
+    seven = [f"s{i}" for i in range(7)]
+    F = np.random.default_rng(0).standard_normal((7, 2))
+    kwargs = dict(backbones=[TableBackbone(F)], heads=["knn"], cache_dir=cache_dir, progress=False)
+    with pytest.raises(featx.BadInputError, match=r"class 'b' has only 1 training sample after the test split; "
+                                                  r"cross-validation needs at least 2 of every class"):
+        featx.sweep(seven, ["a", "a", "a", "b", "b", "c", "c"], test_size=0.3, **kwargs)
+    with pytest.raises(featx.BadInputError, match=r"class 'c' has only 1 sample; a stratified test split \(test_size=0\.3\)"):
+        featx.sweep(seven, ["a", "a", "a", "b", "b", "b", "c"], test_size=0.3, **kwargs)
+    with pytest.raises(featx.BadInputError, match=r"holds out 2 of 7 samples, but both sides .* each of the 3 classes"):
+        featx.sweep(seven, ["a", "a", "a", "b", "b", "c", "c"], test_size=0.2, **kwargs)
+
+
+def test_folds_are_lowered_to_the_least_populated_class_with_a_warning(cache_dir):
+    X, _, F = circles(9)
+    y = ["a", "b", "c"] * 3
+    with pytest.warns(UserWarning, match=r"cv=5 lowered to 3 folds: class 'a' has only 3 training samples"):
+        result = featx.sweep(X, y, backbones=[TableBackbone(F)], heads=["knn"], cv=5, cache_dir=cache_dir,
+                             transferability=False, progress=False)
+    assert result.manifest["cv"] == 5 and result.manifest["cv_folds"] == 3
+
+
+def test_holdout_split_is_the_cli_split(cache_dir):
+    from sklearn.model_selection import train_test_split
+
+    from featx.selection import holdout_split
+
+    X, y, _ = circles(50)
+    X_train, y_train, X_test, y_test = holdout_split(X, y, 0.3, seed=4)
+    train, test = train_test_split(np.arange(50), test_size=0.3, stratify=y, random_state=4)
+    assert X_train == [X[i] for i in train] and X_test == [X[i] for i in test] and y_test.tolist() == y[test].tolist()

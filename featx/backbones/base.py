@@ -3,16 +3,16 @@
 A backbone turns a list of samples into a float32 matrix, one row per sample::
 
     import numpy as np
-    from featx import Backbone
+    import featx
 
-    class ColorHistogram(Backbone):
+    class ColorHistogram(featx.Backbone):
         modality = "image"
 
         def __init__(self, bins: int = 8):
             self.name, self.bins, self.dim = "acme/colorhist", bins, 3 * bins
 
         def fingerprint(self) -> str:
-            return digest("acme/colorhist", 1, self.bins)   # bump 1 if the maths change
+            return featx.digest("acme/colorhist", 1, self.bins)   # bump 1 if the maths change
 
         def embed_batch(self, items):                        # RGB PIL images
             rows = [np.concatenate([np.histogram(np.asarray(im)[..., c], self.bins, (0, 256))[0]
@@ -22,60 +22,13 @@ A backbone turns a list of samples into a float32 matrix, one row per sample::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from pathlib import Path
+from numbers import Integral
 from typing import Any, Sequence
 
 import numpy as np
 
 MODALITIES = ("image", "text")
-
-
-def digest(*parts: Any) -> str:
-    """A short stable hex digest of JSON-serialisable ``parts`` (use it to build fingerprints).
-
-    >>> digest("timm/resnet18", {"pooling": "avg"}) == digest("timm/resnet18", {"pooling": "avg"})
-    True
-    """
-    payload = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
-
-
-def user_cache_dir() -> Path:
-    """Where featx keeps small per-user memos: ``$XDG_CACHE_HOME/featx`` (default ``~/.cache/featx``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featx"
-
-
-def write_json_atomic(path, value: Any, indent: int | None = None) -> None:
-    """Write ``value`` as JSON to ``path`` through a temporary file and a rename: readers (in any
-    process) see the old file or the new one, never half of one.  ``OSError`` is the caller's."""
-    import uuid
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(value, indent=indent))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-_file_digests: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Content digest of a file (memoised on path, size and mtime, so repeated calls are free)."""
-    st = os.stat(path)
-    memo_key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if memo_key not in _file_digests:
-        h = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _file_digests[memo_key] = h.hexdigest()
-    return _file_digests[memo_key]
 
 
 class Backbone:
@@ -86,14 +39,23 @@ class Backbone:
     text items as ``str``.  Construction must be cheap: load weights lazily, on first embedding.
 
     Optional: ``views`` names column ranges of the output (several layers or poolings computed in
-    one forward pass and stored once); ``to(device)`` moves the model; ``embed_many`` embeds a
-    large chunk at once (the built-ins sort texts by token length there).
+    one forward pass and stored once); ``options`` describes the settings that shape the output
+    (for display); ``random_init`` says the weights are random, not learned; ``to(device)`` moves
+    the model; ``embed_many`` embeds a large chunk at once (the built-ins sort texts by token
+    length there).
     """
 
     name: str = ""
     modality: str = "image"
     dim: int = 0
     default_batch_size: int = 32
+    random_init: bool = False  # True for a network with random weights: its features are a baseline only
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The settings that shape the output, JSON-serialisable, for display (``featx cache ls``,
+        sweep reports); ``{}`` unless a backbone says more."""
+        return {}
 
     def fingerprint(self) -> str:
         """A digest that changes whenever outputs would: weights, preprocessing, layer, pooling, dtype."""
@@ -148,17 +110,72 @@ def check_output(backbone: Backbone, out: Any, n: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"mps"`` on Apple silicon, else ``"cpu"``."""
-    if device != "auto":
+    """The torch device to use: ``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"mps"`` on
+    Apple silicon, else ``"cpu"``; any other name is checked against what this machine has.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Returns
+    -------
+    str
+        A device torch can use here; a ``BadInputError`` names the device otherwise.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    from ..errors import BadInputError
+
+    kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise BadInputError(f"device={device!r} is not a device featx knows; use {DEVICES}")
+    if device == "cpu":
         return device
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if kind == "mps" and not has_mps:
+        raise BadInputError("device='mps' but this machine has no Apple GPU; use device='auto' or 'cpu'")
+    if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        seen = torch.cuda.device_count()
+        raise BadInputError(
+            f"device={device!r} but torch sees {seen or 'no'} CUDA GPU{'s' if seen != 1 else ''} here; "
+            f"use device='auto' (the GPU when there is one, else the CPU) or 'cpu'"
+        )
+    return device
+
+
+def check_flag(owner: str, option: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a ``BadInputError`` naming ``owner``'s option (the strings
+    ``"false"``/``"0"`` would otherwise count as true)."""
+    from ..errors import BadInputError
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise BadInputError(f"{owner}: {option}={value!r} must be True or False")
+    return bool(value)
+
+
+def layer_list(owner: str, layers: Any) -> list[int] | None:
+    """``layers`` as a list of ints (a single int ``-1`` means ``[-1]``), or ``None``; a
+    ``BadInputError`` naming ``owner`` for anything else."""
+    from ..errors import BadInputError
+
+    if layers is None:
+        return None
+    if isinstance(layers, Integral) and not isinstance(layers, bool):
+        return [int(layers)]
+    if isinstance(layers, (list, tuple)) and layers and all(
+            isinstance(i, Integral) and not isinstance(i, bool) for i in layers):
+        return [int(i) for i in layers]
+    raise BadInputError(f"{owner}: layers={layers!r} must be an int or a non-empty list of ints, e.g. -1 or [-1, -2]")
 
 
 _allocator_tuned = False
@@ -195,7 +212,9 @@ class TorchBackbone(Backbone):
 
     def __init__(self, *, device: str = "auto", precision: str = "fp32") -> None:
         if precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision={precision!r}: use 'fp32', 'fp16' or 'bf16'")
+            from ..errors import BadInputError
+
+            raise BadInputError(f"precision={precision!r}: use 'fp32', 'fp16' or 'bf16'")
         self.precision = precision
         self.device = device
         self._model = None

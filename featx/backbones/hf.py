@@ -1,7 +1,7 @@
 """Built-in plugin: BERT-style text encoders from a local folder, as ``"hf/<model dir>"``.
 
 Options: ``pooling`` (``"mean"`` over non-padding tokens, or ``"cls"``), ``layers`` (hidden-state
-indices such as ``[-1, -2]``, concatenated, from one forward pass), ``max_length`` (truncation),
+indices such as ``[-1, -2]`` or one int, concatenated, from one forward pass), ``max_length`` (truncation),
 ``normalize`` (L2 per layer), ``precision``.  Texts are tokenised once, sorted by token length and
 batched with dynamic padding; the output keeps the input order.
 """
@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import BadInputError, UnknownBackboneError
 from ..hookspecs import hookimpl
-from .base import TorchBackbone, digest, file_digest
+from .._fs import digest, file_digest
+from .base import TorchBackbone, check_flag, layer_list
 
 ADAPTER_VERSION = 1
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
@@ -41,22 +42,22 @@ class HFBackbone(TorchBackbone):
                 f"hf/{model_dir}: no model folder with a config.json there. Only local folders (saved with "
                 f"save_pretrained) or names registered by plugins work offline; see `featx backbones 'hf/*'`"
             )
+        self.name = name or f"hf/{model_dir}"
         if pooling not in ("mean", "cls"):
-            raise BadInputError(f"hf/{model_dir}: pooling={pooling!r}; use 'mean' or 'cls'")
+            raise BadInputError(f"{self.name}: pooling={pooling!r}; use 'mean' or 'cls'")
         self.config = json.loads(config_path.read_text())
         self.hidden = int(self.config.get("hidden_size") or self.config.get("d_model") or self.config["dim"])
         self.n_layers = int(self.config.get("num_hidden_layers") or self.config.get("n_layers") or 0)
-        if layers is not None:
-            bad = [i for i in layers if not -(self.n_layers + 1) <= int(i) <= self.n_layers]
-            if bad or not layers:
-                raise BadInputError(f"hf/{model_dir}: layers={list(layers)} out of range for {self.n_layers} layers "
-                                    f"(hidden states 0..{self.n_layers}, or negative)")
-        self.name = name or f"hf/{model_dir}"
-        self.pooling = pooling
-        self.layers = None if layers is None else [int(i) for i in layers]
+        self.layers = layer_list(self.name, layers)
+        if self.layers is not None and any(not -(self.n_layers + 1) <= i <= self.n_layers for i in self.layers):
+            raise BadInputError(f"{self.name}: layers={self.layers} out of range for {self.n_layers} layers "
+                                f"(hidden states 0..{self.n_layers}, or negative)")
         positions = int(self.config.get("max_position_embeddings") or 512)
+        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+            raise BadInputError(f"{self.name}: max_length={max_length!r} must be a positive int (tokens)")
+        self.pooling = pooling
         self.max_length = int(max_length or min(positions, 512))
-        self.normalize = bool(normalize)
+        self.normalize = check_flag(self.name, "normalize", normalize)
         self._tokenizer = None
 
     @property
@@ -68,6 +69,12 @@ class HFBackbone(TorchBackbone):
         if not self.layers:
             return {"all": slice(0, self.hidden)}
         return {f"layer{i}": slice(k * self.hidden, (k + 1) * self.hidden) for k, i in enumerate(self.layers)}
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Pooling, layers, token truncation length and L2 normalisation."""
+        return {"pooling": self.pooling, "layers": self.layers, "max_length": self.max_length,
+                "normalize": self.normalize}
 
     def fingerprint(self) -> str:
         files = sorted(p for p in self.model_dir.iterdir()

@@ -1,15 +1,17 @@
 """Built-in plugin: any timm model as ``"timm/<model name>"``.
 
 >>> import featx
->>> b = featx.create_backbone("timm/resnet18", image_size=64)
->>> b.dim, b.modality
-(512, 'image')
+>>> b = featx.create_backbone("timm/resnet18", image_size=64)   # random weights: a baseline only
+>>> b.dim, b.modality, b.random_init
+(512, 'image', True)
 
 Options: ``pretrained`` / ``weights`` (a local state_dict file: .pth/.pt/.bin/.safetensors; nothing is
 downloaded), ``pooling`` (timm's ``global_pool``: ``"avg"``, ``"max"``, ``"avgmax"``, ``"token"`` for
-ViTs; default the model's own), ``layers`` (feature-stage indices such as ``[-1, -2]``: every listed
-stage is pooled and concatenated, all from one forward pass), ``image_size``, ``precision``.
-Without weights the model is randomly initialised with a fixed seed, and the fingerprint says so.
+ViTs; default the model's own), ``layers`` (feature-stage indices such as ``[-1, -2]``, or one
+int: every listed stage is pooled and concatenated, all from one forward pass), ``image_size``,
+``precision``.  Without weights the model is randomly initialised with a fixed seed, the
+fingerprint says so and ``random_init`` is True; ``"timm/tf_efficientnet_lite0"`` ships
+ImageNet weights.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import numpy as np
 
 from ..errors import BadInputError, UnknownBackboneError, did_you_mean
 from ..hookspecs import hookimpl
-from .base import TorchBackbone, digest, file_digest, user_cache_dir, write_json_atomic
+from .._fs import digest, file_digest, user_cache_dir, write_json_atomic
+from .base import TorchBackbone, check_flag, layer_list
 
 ADAPTER_VERSION = 1
+SPEC_VERSION = 2  # bump when _compute_spec records more: memoised specs are then computed again
 INIT_SEED = 0
 LAYER_POOLINGS = ("avg", "max", "avgmax")
 
@@ -41,22 +45,26 @@ class TimmBackbone(TorchBackbone):
                  pooling: str | None = None, layers: Sequence[int] | None = None, image_size: int | None = None,
                  device: str = "auto", precision: str = "fp32") -> None:
         super().__init__(device=device, precision=precision)
-        if pretrained and weights is None:
+        name = f"timm/{model_name}"
+        if check_flag(name, "pretrained", pretrained) and weights is None:
             raise BadInputError(
-                f"timm/{model_name}: pretrained=True needs weights=<local state_dict file> (weights are never "
-                f"downloaded), or a plugin backbone that ships them (see `featx backbones`)"
+                f"{name}: pretrained=True needs weights=<local state_dict file> (weights are never "
+                f"downloaded), or a backbone that ships them, such as 'timm/tf_efficientnet_lite0' (see `featx backbones`)"
             )
         if weights is not None and not Path(weights).is_file():
-            raise BadInputError(f"timm/{model_name}: weights file {str(weights)!r} does not exist")
-        if layers is not None and (pooling or "avg") not in LAYER_POOLINGS:
-            raise BadInputError(f"timm/{model_name}: with layers=, pooling must be one of {LAYER_POOLINGS}")
-        if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
-            raise BadInputError(f"timm/{model_name}: image_size={image_size!r} must be an int >= 8")
+            raise BadInputError(f"{name}: weights file {str(weights)!r} does not exist")
+        if pooling is not None and (not isinstance(pooling, str) or not pooling):
+            raise BadInputError(f"{name}: pooling={pooling!r} must be a name such as 'avg', 'max', 'avgmax' or 'token'")
+        self.layers = layer_list(name, layers)
+        if self.layers is not None and (pooling or "avg") not in LAYER_POOLINGS:
+            raise BadInputError(f"{name}: with layers=, pooling must be one of {LAYER_POOLINGS}")
+        if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8):
+            raise BadInputError(f"{name}: image_size={image_size!r} must be an int >= 8")
         self.model_name = model_name
-        self.name = f"timm/{model_name}"
+        self.name = name
         self.weights = None if weights is None else str(weights)
+        self.random_init = self.weights is None
         self.pooling = pooling
-        self.layers = None if layers is None else [int(i) for i in layers]
         self.image_size = image_size
         self._spec_cache: dict | None = None
         self._transform = None
@@ -65,7 +73,8 @@ class TimmBackbone(TorchBackbone):
     # -- cheap description: dim, views, preprocessing ------------------------------------------
     def _spec(self) -> dict:
         if self._spec_cache is None:
-            key = digest(ADAPTER_VERSION, version("timm"), self.model_name, self.pooling, self.layers, self.image_size)
+            key = digest(ADAPTER_VERSION, SPEC_VERSION, version("timm"), self.model_name, self.pooling, self.layers,
+                         self.image_size)
             memo = user_cache_dir() / "timm-specs" / f"{key}.json"
             try:
                 self._spec_cache = json.loads(memo.read_text())
@@ -95,7 +104,10 @@ class TimmBackbone(TorchBackbone):
                 f"List them with `featx backbones 'timm/*PATTERN*'`"
             )
         with torch.device("meta"):
-            model = self._create().eval()
+            model = timm.create_model(self.model_name, pretrained=False, num_classes=0).eval()
+            own = self._check_pooling(model)
+            if self.pooling and self.layers is None and self.pooling != own:
+                model = self._create().eval()
             config = resolve_model_data_config(model)
             if self.image_size is not None:
                 config["input_size"] = (3, self.image_size, self.image_size)
@@ -106,7 +118,25 @@ class TimmBackbone(TorchBackbone):
                 stages = self._stages(model)
                 maps = model.forward_intermediates(x, indices=stages, intermediates_only=True)
                 widths = {f"stage{s}": int(m.shape[1]) for s, m in zip(stages, maps)}
-        return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, "widths": widths}
+        return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, "widths": widths,
+                "pooling": own}
+
+    def _check_pooling(self, model) -> str | None:
+        """The model's own pooling; a ``BadInputError`` listing the valid ones if ``pooling`` is not
+        one of them (checked here, before timm builds the model with it)."""
+        pool = getattr(model, "global_pool", None)
+        if pool is None:
+            pool = getattr(getattr(model, "head", None), "global_pool", None)
+        own = pool if isinstance(pool, str) else getattr(pool, "pool_type", None)
+        own = own or None
+        valid = list(LAYER_POOLINGS) + (["token"] if isinstance(pool, str) else [])  # a str: a ViT-style head
+        valid += [own] if own and own not in valid else []
+        if self.pooling is not None and self.layers is None and self.pooling not in valid:
+            raise BadInputError(
+                f"{self.name}: pooling={self.pooling!r} is not one this model takes.{did_you_mean(self.pooling, valid)} "
+                f"Valid: {', '.join(valid)} (default: {own or 'avg'})"
+            )
+        return own
 
     def _stages(self, model) -> list[int]:
         """The requested feature stages as sorted non-negative indices (timm returns them in depth order)."""
@@ -127,6 +157,13 @@ class TimmBackbone(TorchBackbone):
             views[view] = slice(start, start + width)
             start += width
         return views
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Input size, pooling (the model's own when not given), layers and the weights file."""
+        spec = self._spec()
+        return {"image_size": spec["config"]["input_size"][-1], "pooling": self.pooling or spec["pooling"] or "avg",
+                "layers": self.layers, "weights": Path(self.weights).name if self.weights else "random init"}
 
     @property
     def data_config(self) -> dict:
