@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -46,7 +47,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._fs import digest
 from .backbones.base import Backbone, TorchBackbone
-from .errors import BadInputError, did_you_mean
+from .errors import BadInputError, did_you_mean, validate_params
 
 STRATEGIES = ("full", "freeze", "llrd", "gradual", "lp-ft")
 BATCHNORM = ("frozen", "update")
@@ -80,6 +81,8 @@ def set_train_mode(network, batchnorm: str) -> None:
 
 
 def _network(backbone: TorchBackbone, n_classes: int):
+    """backbone → pooled features → L2 normalisation (× ``logit_scale``) → linear head: the linear
+    probe's model.  ``logit_scale`` is 1 except while a random head trains (see ``_train``)."""
     import torch
 
     class Network(torch.nn.Module):
@@ -87,10 +90,11 @@ def _network(backbone: TorchBackbone, n_classes: int):
             super().__init__()
             self.encoder = backbone.model
             self.head = torch.nn.Linear(backbone.dim, n_classes)
+            self.logit_scale = 1.0
 
         def forward(self, *inputs):
             features = torch.nn.functional.normalize(backbone.forward(*inputs).float(), dim=1)
-            return self.head(features)
+            return self.head(self.logit_scale * features)
 
     return Network()
 
@@ -218,11 +222,11 @@ class FineTunedBackbone(Backbone):
         self.base, self.weights_digest = base, weights_digest
         self.name, self.modality, self.dim = f"{base.name}+finetuned", base.modality, base.dim
         self.default_batch_size = base.default_batch_size
-        self.random_init = getattr(base, "random_init", False)
+        self.random_init = base.random_init
 
     @property
     def options(self) -> dict:
-        return {**getattr(self.base, "options", {}), "finetuned": self.weights_digest}
+        return {**self.base.options, "finetuned": self.weights_digest}
 
     def fingerprint(self) -> str:
         return digest("finetuned", self.base.fingerprint(), self.weights_digest)
@@ -350,12 +354,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
     def check_params(self) -> TorchBackbone:
         """Raise a ``BadInputError`` naming the first invalid parameter; return a private (unloaded)
         instance of the backbone to train."""
-        from sklearn.utils._param_validation import InvalidParameterError
-
-        try:
-            self._validate_params()
-        except InvalidParameterError as exc:
-            raise BadInputError(str(exc).replace("FineTunedClassifier", "fine-tuning")) from None
+        validate_params(self)
         return _new_backbone(self.backbone, self.backbone_options)
 
     def fit(self, X, y, probe=None) -> "FineTunedClassifier":
@@ -553,12 +552,15 @@ def _train(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y):
     target = np.searchsorted(classes, y)
 
     torch.manual_seed(est.seed)
+    random.seed(est.seed)  # timm's random crops draw from Python's generator
     rng = np.random.default_rng(est.seed)
     device = resolve_device(est.device)
     backbone.to(device)
     network = _network(backbone, len(classes)).to(device)
     if est.strategy == "lp-ft":
         head_from_probe(network.head, probe.head_, classes)
+    else:  # a random head on unit-norm features starts with logits near 0 and grows them too slowly (one
+        network.logit_scale = math.sqrt(backbone.dim)  # class predicted after an epoch): coordinates scaled to ~1
     head_lr = est.head_lr if est.head_lr is not None else (est.lr if est.strategy == "lp-ft" else est.lr * 10)
     the_plan = plan(est.strategy, network, backbone, epochs=est.epochs, lr=est.lr, head_lr=head_lr,
                     freeze_blocks=est.freeze_blocks, layer_decay=est.layer_decay, unfreeze_every=est.unfreeze_every)
@@ -641,6 +643,8 @@ def _train(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y):
     network.load_state_dict(best[3])
     for param in network.parameters():
         param.requires_grad_(False)
+    network.head.weight.mul_(network.logit_scale)  # the same logits from the plain unit-norm features
+    network.logit_scale = 1.0
     return network, history, best[2], val_idx
 
 

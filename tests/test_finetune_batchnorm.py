@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import featx
+from featx.datasets import load_image_folder
 
 IMAGE = "timm/test_efficientnet"  # a tiny EfficientNet: 13 BatchNorm layers, folded at inference
 IMAGE_OPTIONS = {"image_size": 32, "pretrained": False}
@@ -15,7 +16,7 @@ IMAGE_OPTIONS = {"image_size": 32, "pretrained": False}
 
 @pytest.fixture
 def images(image_folder):
-    return featx.datasets.load_image_folder(image_folder)
+    return load_image_folder(image_folder)
 
 
 def image_setup(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 import featx
+from featx.datasets import load_image_folder
 from featx.cli import main
 from featx.finetuning import FineTunedClassifier, FineTuneResult
 from test_finetune import text_task
@@ -72,12 +73,12 @@ def test_result_and_model_follow_the_classifier_contract(bert, tmp_path):
 
 
 def test_random_init_is_the_base_backbones(image_folder, tmp_path):
-    paths, labels = featx.datasets.load_image_folder(image_folder)
+    paths, labels = load_image_folder(image_folder)
     setup = featx.TransferClassifier("timm/test_efficientnet", backbone_options={"image_size": 32, "pretrained": False},
                                      cache_dir=tmp_path / "c")
     result = featx.finetune(setup, paths, labels, epochs=1, batch_size=4, val_size=0.34, progress=False)
     base = featx.create_backbone("timm/test_efficientnet", image_size=32, pretrained=False)
-    assert result.model.backbone_.random_init == getattr(base, "random_init", False)
+    assert base.random_init and result.model.backbone_.random_init
     assert result.model.backbone_.modality == "image"
 
 
@@ -105,9 +106,9 @@ def test_cli_row_promotes_that_rows_head(tmp_path, tiny_bert_dir, capsys):
 @pytest.mark.parametrize("params, words", [
     ({"strategy": "sideways"}, ["'strategy'", "'lp-ft'", "'sideways'"]),
     ({"epochs": 0}, ["'epochs'", "range [1, inf)"]),
-    ({"lr": -1e-4}, ["'lr'", "range [0, inf)"]),
-    ({"val_size": 1.5}, ["'val_size'", "range (0, 1)"]),
-    ({"val_size": 0}, ["'val_size'", "range (0, 1)"]),
+    ({"lr": -1e-4}, ["'lr'", "range [0.0, inf)"]),
+    ({"val_size": 1.5}, ["'val_size'", "range (0.0, 1.0)"]),
+    ({"val_size": 0}, ["'val_size'", "range (0.0, 1.0)"]),
     ({"batchnorm": "train"}, ["'batchnorm'", "'frozen'", "'update'"]),
     ({"batch_size": 0}, ["'batch_size'", "range [1, inf)"]),
     ({"epoch": 3}, ["epoch=", "'epochs'"]),
@@ -128,7 +129,7 @@ def test_a_validation_split_too_small_for_the_classes_says_what_to_change(bert, 
 
 
 def test_backbones_that_cannot_be_fine_tuned(image_folder, tmp_path):
-    paths, labels = featx.datasets.load_image_folder(image_folder)
+    paths, labels = load_image_folder(image_folder)
     with pytest.raises(featx.BadInputError, match="'acme/colorhist'.* not a torch model"):
         featx.finetune(featx.TransferClassifier("acme/colorhist", cache_dir=tmp_path / "c"), paths, labels,
                        progress=False)
@@ -145,6 +146,6 @@ def test_backbones_that_cannot_be_fine_tuned(image_folder, tmp_path):
 
 def test_the_estimator_validates_its_parameters_in_fit(bert):
     X, y = text_task(20)
-    with pytest.raises(featx.BadInputError, match="'epochs' parameter of fine-tuning"):
+    with pytest.raises(featx.BadInputError, match="'epochs' parameter of FineTunedClassifier"):
         FineTunedClassifier(bert, epochs=-2).fit(X, y)
     assert set(FineTunedClassifier._parameter_constraints) == set(FineTunedClassifier().get_params())
