@@ -489,12 +489,13 @@ def linear_probe(backbone: str, backbone_options: dict | None, X, y, *, cache_di
                               progress=progress).fit(X, y)
 
 
-def _frozen_setup(setup, cache_dir, progress: bool):
+def _frozen_setup(setup, X, cache_dir, progress: bool):
     """An unfitted copy of the ``TransferClassifier`` to promote (from a sweep result, a classifier or a
     name), naming its backbone so that fine-tuning can build a private copy of it."""
     from sklearn.base import clone
 
-    from .estimators import TransferClassifier
+    from .datasets import infer_modality
+    from .estimators import DEFAULT_BACKBONES, TransferClassifier
 
     setup = getattr(setup, "best_", setup)
     if isinstance(setup, str):
@@ -506,6 +507,8 @@ def _frozen_setup(setup, cache_dir, progress: bool):
         raise BadInputError(f"the setup uses view {setup.view!r} of a multi-layer backbone; fine-tuning trains a "
                             f"single output: promote a setup without a view (a backbone without layers=)")
     frozen = clone(setup).set_params(cache_dir=cache_dir or setup.cache_dir, progress=progress)
+    if isinstance(setup.backbone, str) and setup.backbone == "auto":  # named by what X holds
+        frozen.set_params(backbone=DEFAULT_BACKBONES[infer_modality(X, setup.input)])
     if isinstance(setup.backbone, Backbone):  # rebuilt from its name: only if that gives the same backbone
         from .registry import create_backbone
 
@@ -688,7 +691,7 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, cache_dir=None, run_dir=N
             raise BadInputError(f"finetune got an unknown parameter {name}=.{did_you_mean(name, allowed)} "
                                 f"Parameters: {', '.join(sorted(allowed))}")
     y = labels_or_raise(y, len(X))
-    frozen = _frozen_setup(setup, cache_dir, progress)
+    frozen = _frozen_setup(setup, X, cache_dir, progress)
     model = FineTunedClassifier(frozen.backbone, frozen.backbone_options, cache_dir=frozen.cache_dir,
                                 progress=progress, **params)
     model.check_params()  # before any embedding

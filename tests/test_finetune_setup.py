@@ -149,3 +149,12 @@ def test_the_estimator_validates_its_parameters_in_fit(bert):
     with pytest.raises(featx.BadInputError, match="'epochs' parameter of FineTunedClassifier"):
         FineTunedClassifier(bert, epochs=-2).fit(X, y)
     assert set(FineTunedClassifier._parameter_constraints) == set(FineTunedClassifier().get_params())
+
+
+@pytest.mark.integration
+def test_the_default_auto_backbone_is_named_by_what_x_holds(tmp_path):
+    X, y = text_task(20)
+    result = featx.finetune(featx.TransferClassifier(cache_dir=tmp_path / "c"), X, y, strategy="lp-ft", epochs=1,
+                            lr=0.0, batch_size=8, progress=False)
+    assert result.model.backbone == result.frozen.backbone == "hf/all-MiniLM-L6-v2"
+    np.testing.assert_allclose(result.model.predict_proba(X), result.frozen.predict_proba(X), atol=1e-5)
