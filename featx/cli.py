@@ -677,10 +677,8 @@ def cmd_finetune(args) -> int:
     result = finetune(setup, X_train, y_train, strategy=args.strategy, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, X_test=X_test, y_test=y_test, cache_dir=args.cache_dir, run_dir=out,
                       progress=not args.quiet)
-    held_out = "test" if X_test is not None else "validation"
-    print(f"{held_out} accuracy: frozen probe {result.scores['probe']:.3f}, fine-tuned ({args.strategy}) "
-          f"{result.scores['finetuned']:.3f} -> keep the {result.keep} model")
-    print(f"fine-tuned model: {out / 'finetuned.featx'}; probe: {out / 'probe.featx'}")
+    print(f"{result.summary()}; run folder {out}")
+    print(f"fine-tuned model: {out / 'finetuned.featx'}; frozen setup: {out / 'frozen.featx'}")
     return 0
 
 

@@ -7,7 +7,6 @@ finished before the interruption and the next run resumes from there.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,24 +52,27 @@ class Extraction:
 
 
 class Progress:
-    """A one-line progress meter on stderr (silent when ``enabled`` is False): samples done out of
-    ``total``, how many of them the cache had, and how fast the others are embedded."""
+    """The extraction's progress bar on stderr (silent when ``enabled`` is False): samples done out
+    of ``total``, how many of them the cache had and how many were embedded; the rate and the ETA
+    are the embedding's (cached samples count as done before the start, like a resumed download)."""
 
     def __init__(self, total: int, label: str, enabled: bool) -> None:
-        self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.done, self.cached, self.start = 0, 0, time.perf_counter()
+        from .progress import progress_bar
+
+        self.bar = progress_bar(total, label, unit="sample", enabled=enabled and total > 0)
+        self.cached = 0
 
     def update(self, n: int, cached: bool = False) -> None:
-        self.done += n
-        self.cached += n if cached else 0
-        if self.enabled and n:
-            rate = (self.done - self.cached) / max(time.perf_counter() - self.start, 1e-9)
-            print(f"\r{self.label}: {self.done}/{self.total} ({self.cached} cached, {rate:.1f}/s embedded)",
-                  end="", file=sys.stderr, flush=True)
+        if self.bar.disable:
+            return
+        if cached:
+            self.cached += n
+            self.bar.initial += n
+        self.bar.set_postfix_str(f"{self.cached} cached, {self.bar.n + n - self.cached} embedded", refresh=False)
+        self.bar.update(n)
 
     def finish(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr, flush=True)
+        self.bar.close()
 
 
 def _as_is(x):

@@ -211,8 +211,8 @@ def test_a_shard_removed_before_it_is_read_back_is_reported_never_returned_as_ga
 def test_progress_tells_cached_samples_from_embedded_ones(counting, cache_dir, capsys):
     extract(counting, texts(30), cache_dir=cache_dir)
     extract(counting, texts(40), cache_dir=cache_dir, progress=True)
-    last = capsys.readouterr().err.strip().split("\r")[-1]
-    assert last.startswith("test/counting: 40/40 (30 cached, ") and last.endswith("/s embedded)")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("test/counting: 100% 40/40 [") and last.endswith(", 30 cached, 10 embedded]")
 
 
 def test_text_subclasses_such_as_numpy_strings_get_the_same_keys():

@@ -206,7 +206,7 @@ def test_sweep_then_finetune_the_best_from_the_run_folder(capsys, tmp_path, imag
     timm_row = 1 + next(i for i, r in enumerate(rows) if r["backbone"] == "timm/test_efficientnet")
     code, out, err = run(capsys, "finetune", run_dir, "--row", timm_row, "--strategy", "llrd", "--epochs", "1",
                        "--batch-size", "4", "--cache-dir", tmp_path / "c", "-q")
-    assert code == 0 and "test accuracy: frozen probe" in out, err
+    assert code == 0 and "test accuracy: frozen " in out and "fine-tuned (llrd)" in out, err
     summary = json.loads((run_dir / "finetune-llrd" / "finetune.json").read_text())
     assert summary["strategy"] == "llrd" and summary["held_out"] == "test"
     assert (run_dir / "finetune-llrd" / "finetuned.featx").exists()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import featx
+from featx.data.loaders import load_image_folder
 from featx.finetuning import _network, _new_backbone, blocks, head_from_probe, plan
 
 IMAGE = "timm/test_efficientnet"
@@ -22,7 +23,7 @@ def text_task(n=24):
 
 @pytest.fixture
 def image_net():
-    backbone = _new_backbone(IMAGE, {"image_size": 48})
+    backbone = _new_backbone(IMAGE, {"image_size": 48, "pretrained": False})
     return backbone, _network(backbone, 3)
 
 
@@ -121,12 +122,14 @@ def test_gradual_training_unfreezes_on_the_right_epochs_and_restores_the_best(ti
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,train_loss,val_loss,val_accuracy") and len(log) == 5
     assert (tmp_path / "run" / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result.keep in ("probe", "finetuned") and set(result.scores) == {"probe", "finetuned"}
+    assert result.keep in ("frozen", "finetuned") and set(result.scores) == {"frozen", "finetuned"}
+    assert (tmp_path / "run" / "finetuned.featx").exists() and (tmp_path / "run" / "frozen.featx").exists()
 
 
 def test_image_finetune_save_load_and_new_fingerprint(image_folder, tmp_path):
-    paths, labels = featx.data.loaders.load_image_folder(image_folder)
-    probe = featx.TransferClassifier(IMAGE, backbone_options={"image_size": 48}, cache_dir=tmp_path / "c").fit(paths, labels)
+    paths, labels = load_image_folder(image_folder)
+    probe = featx.TransferClassifier(IMAGE, backbone_options={"image_size": 48, "pretrained": False},
+                                     cache_dir=tmp_path / "c").fit(paths, labels)
     result = featx.finetune(probe, paths, labels, strategy="lp-ft", epochs=2, batch_size=4, val_size=0.34,
                             cache_dir=tmp_path / "c", progress=False)
     model = result.model

@@ -98,7 +98,7 @@ def _specs(backbones, backbone_options: dict | None) -> list[tuple[Any, dict | N
 def _describe(backbone: Backbone, requested: dict | None) -> dict:
     """What the manifest and the leaderboard record about a backbone (contract: ``random_init``, ``options``)."""
     return {"name": backbone.name, "modality": backbone.modality, "requested_options": requested,
-            "options": getattr(backbone, "options", {}), "random_init": bool(getattr(backbone, "random_init", False))}
+            "options": backbone.options, "random_init": backbone.random_init}
 
 
 def _class_name(label) -> str:
