@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import featx
-from featx.datasets import load_image_folder
+from featx.data.loaders import load_image_folder
 
 IMAGE = "timm/test_efficientnet"  # a tiny EfficientNet: 13 BatchNorm layers, folded at inference
 IMAGE_OPTIONS = {"image_size": 32, "pretrained": False}
