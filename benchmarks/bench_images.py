@@ -125,7 +125,7 @@ def main() -> dict:
     strict = bare_rates(backbone.model, channels_last, (2, 4, 8, 16, 32))  # channels-last, featx's allocator
     own = bare_rates(backbone._inference_model(), channels_last, (2, 4, 8, 16, 32))  # + BatchNorm folded
 
-    from featx.extraction import _memo_path
+    from featx.extraction.pipeline import _memo_path
 
     _memo_path().unlink(missing_ok=True)  # cold: featx tunes its batch size inside the timing
     with tempfile.TemporaryDirectory() as cache:

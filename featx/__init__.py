@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Backbone": "backbones.base", "TorchBackbone": "backbones.base", "TimmBackbone": "backbones.timm",
     "HFBackbone": "backbones.hf", "digest": "_fs", "file_digest": "_fs", "EmbeddingCache": "cache", "Store": "cache",
-    "Embedder": "estimators", "TransferClassifier": "estimators", "extract": "extraction",
-    "Extraction": "extraction", "ExtractStats": "extraction", "hookimpl": "plugins.hookspecs", "finetune": "finetuning",
-    "FineTunedClassifier": "finetuning", "FineTuneResult": "finetuning", "sweep": "selection.sweep",
+    "Embedder": "estimators", "TransferClassifier": "estimators", "extract": "extraction.pipeline",
+    "Extraction": "extraction.pipeline", "ExtractStats": "extraction.pipeline", "hookimpl": "plugins.hookspecs", "finetune": "finetuning.run",
+    "FineTunedClassifier": "finetuning.estimator", "FineTuneResult": "finetuning.run", "sweep": "selection.sweep",
     "SweepResult": "selection.sweep", "load": "persist", "save": "persist", "create_backbone": "plugins.registry",
     "list_backbones": "plugins.registry", "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors",
     "PluginError": "errors", "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
@@ -39,8 +39,9 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name load
     from .errors import (BadInputError, CacheError, FeatxError, PluginError, RandomInitWarning,
                          UnknownBackboneError, UnknownHeadError)
     from .estimators import Embedder, TransferClassifier
-    from .extraction import Extraction, ExtractStats, extract
-    from .finetuning import FineTunedClassifier, FineTuneResult, finetune
+    from .extraction.pipeline import Extraction, ExtractStats, extract
+    from .finetuning.estimator import FineTunedClassifier
+    from .finetuning.run import FineTuneResult, finetune
     from .plugins.hookspecs import hookimpl
     from .persist import load, save
     from .plugins.registry import create_backbone, list_backbones

@@ -314,7 +314,7 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extraction import extract
+    from .extraction.pipeline import extract
 
     backbone = _backbone(args.backbone, dict(args.option), args.device)
     _check_modality(args.data, backbone.name, backbone.modality)
@@ -357,7 +357,7 @@ def _estimate(model, X, y, folds: int, args) -> str:
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
 
-    from .extraction import extract
+    from .extraction.pipeline import extract
 
     vectors = extract(model.backbone_, X, cache_dir=args.cache_dir, errors=args.errors).vectors  # all cached now
     ok = ~np.isnan(vectors).any(axis=1)
@@ -421,7 +421,7 @@ def _predict(model, X: list, args):
     import numpy as np
 
     from .errors import BadInputError
-    from .extraction import extract
+    from .extraction.pipeline import extract
 
     ok = np.ones(len(X), bool)
     if args.errors == "skip":
@@ -648,7 +648,7 @@ def cmd_finetune(args) -> int:
 
     from .errors import BadInputError
     from .estimators import TransferClassifier
-    from .finetuning import finetune
+    from .finetuning.run import finetune
     from .persist import load
 
     run = Path(args.run_dir)

@@ -281,7 +281,7 @@ def samples_used(task: Task, train_sets: list[list[np.ndarray]]) -> np.ndarray:
 def _embed_once(task: Task, used: np.ndarray, cache_dir=None) -> Embedding:
     """Embed the ``used`` samples with the task's backbone through the cache (rows of the others are NaN)."""
     from .estimators import resolve_backbone
-    from .extraction import extract
+    from .extraction.pipeline import extract
 
     backbone = resolve_backbone(task.backbone, task.backbone_options or None)
     result = extract(backbone, [task.items[i] for i in used], cache_dir=cache_dir, progress=True)

@@ -29,7 +29,7 @@ from .backbones.base import Backbone
 from .data.samples import INPUTS, infer_modality, sample_list
 from .data.labels import labels_or_raise
 from .errors import BadInputError, RandomInitWarning, validate_params
-from .extraction import Extraction, extract
+from .extraction.pipeline import Extraction, extract
 from .heads import make_head
 from .plugins.registry import resolve_backbone
 

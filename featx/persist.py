@@ -4,8 +4,11 @@ A model file is a zip archive: ``manifest.json`` (format, featx version, estimat
 backbones inside with their fingerprints, classes) and either ``model.skops`` — any fitted
 scikit-learn estimator or pipeline, featx's ``TransferClassifier`` and ``Embedder`` included, in
 skops' safe format, loaded with only featx-estimator/scikit-learn/numpy/scipy types trusted — or
-``weights.safetensors`` (a ``FineTunedClassifier``'s network).  Backbones are not stored: they
-are rebuilt from their names and options when loading, and must have the recorded fingerprints.
+the files of a featx class that stores its own state: ``__featx_state__() -> (manifest fields,
+files)`` to save and the classmethod ``__featx_restore__(manifest, files, cache_dir=)`` to load
+(``FineTunedClassifier``: its network as ``weights.safetensors``).  persist names no class: the
+manifest records the class's import path.  Backbones are not stored: they are rebuilt from their
+names and options when loading, and must have the recorded fingerprints.
 
 >>> import featx                                             # doctest: +SKIP
 >>> featx.save(clf, "model.featx"); featx.load("model.featx").predict(X)  # doctest: +SKIP
@@ -23,8 +26,9 @@ from typing import Any
 from .errors import BadInputError, FeatxError
 
 FORMAT = "featx-model-v2"
-FINETUNED_FORMATS = ("featx-model-v1", FORMAT)  # a fine-tuned model's layout did not change
-MODEL, WEIGHTS = "model.skops", "weights.safetensors"
+OWN_STATE_FORMATS = ("featx-model-v1", FORMAT)  # a fine-tuned model's layout did not change
+LEGACY_NAMES = {"FineTunedClassifier": "featx.finetuning.estimator.FineTunedClassifier"}  # as featx-model-v1 named it
+MODEL = "model.skops"
 TRUSTED_PREFIXES = ("featx.heads.", "sklearn.", "numpy.", "scipy.")
 TRUSTED_TYPES = ("featx.estimators.Embedder", "featx.estimators.TransferClassifier")
 
@@ -83,8 +87,8 @@ def save(model: Any, path: str | os.PathLike) -> Path:
         check_is_fitted(model)
     except NotFittedError:
         raise BadInputError(f"cannot save this {type(model).__name__}: it is not fitted; call fit(X, y) first") from None
-    if type(model).__name__ == "FineTunedClassifier":
-        return _save_finetuned(model, Path(path))
+    if hasattr(type(model), "__featx_state__"):
+        return _save_own_state(model, Path(path))
     with portable_state() as backbones:
         try:
             payload = sio.dumps(model)
@@ -98,43 +102,33 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     return _write(Path(path), {"manifest.json": json.dumps(manifest, indent=2).encode(), MODEL: payload})
 
 
-def _save_finetuned(model, path: Path) -> Path:
-    from safetensors.torch import save as to_safetensors
-
+def _save_own_state(model, path: Path) -> Path:
+    """A model that says what to store (``__featx_state__``): its manifest fields and files."""
     from . import __version__
 
-    manifest = {
-        "format": FORMAT, "featx_version": __version__, "estimator": "FineTunedClassifier",
-        "params": {k: v for k, v in model.get_params(deep=False).items() if k != "cache_dir"},
-        "backbone": model.backbone_name_, "fingerprint": model.fingerprint_, "classes": model.classes_.tolist(),
-    }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.network_.state_dict().items()}
-    return _write(path, {"manifest.json": json.dumps(manifest, indent=2).encode(), WEIGHTS: to_safetensors(state)})
+    fields, files = model.__featx_state__()
+    manifest = {"format": FORMAT, "featx_version": __version__, "estimator": _qualified(type(model)), **fields}
+    return _write(path, {"manifest.json": json.dumps(manifest, indent=2).encode(), **files})
 
 
-def _load_finetuned(path: Path, manifest: dict, weights: bytes, cache_dir):
-    import numpy as np
-    from safetensors.torch import load as from_safetensors
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
-    from .finetuning import FineTunedClassifier, _network, _new_backbone
 
-    params = manifest["params"]
+def _own_state_class(manifest: dict, path: Path):
+    """The featx class that restores this file itself (``__featx_restore__``), or None for skops files."""
+    import importlib
+
+    name = LEGACY_NAMES.get(manifest.get("estimator"), manifest.get("estimator") or "")
+    module, _, qualname = name.rpartition(".")
+    if not module.startswith("featx."):
+        return None
     try:
-        state = from_safetensors(weights)
-    except Exception as exc:
-        raise BadInputError(f"{str(path)!r}: the weights are damaged ({exc})") from None
-    backbone = _new_backbone(params["backbone"], params["backbone_options"])
-    network = _network(backbone, len(manifest["classes"]))
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        raise BadInputError(f"{str(path)!r}: weights do not fit {params['backbone']!r} ({str(exc)[:200]})") from None
-    model = FineTunedClassifier(**{**params, "cache_dir": cache_dir})
-    model._set_state(network, backbone, np.asarray(manifest["classes"]))
-    if model.fingerprint_ != manifest["fingerprint"]:
-        raise BadInputError(f"{str(path)!r}: the weights do not match the recorded fingerprint (file tampered or "
-                            f"base backbone {params['backbone']!r} changed)")
-    return model
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        raise BadInputError(f"{str(path)!r} holds a {name}, which this featx does not have; load it with the "
+                            f"featx version that saved it ({manifest.get('featx_version')})") from None
+    return cls if hasattr(cls, "__featx_restore__") else None
 
 
 def load(path: str | os.PathLike, *, backbone: Any = None, cache_dir: str | os.PathLike | None = None):
@@ -169,9 +163,13 @@ def load(path: str | os.PathLike, *, backbone: Any = None, cache_dir: str | os.P
     try:
         with zipfile.ZipFile(path) as z:
             manifest = json.loads(z.read("manifest.json"))
-            names = set(z.namelist())
-            if WEIGHTS in names and manifest.get("format") in FINETUNED_FORMATS:
-                return _load_finetuned(path, manifest, z.read(WEIGHTS), cache_dir)
+            own = _own_state_class(manifest, path) if manifest.get("format") in OWN_STATE_FORMATS else None
+            if own is not None:
+                files = {name: z.read(name) for name in z.namelist() if name != "manifest.json"}
+                try:
+                    return own.__featx_restore__(manifest, files, cache_dir=cache_dir)
+                except (BadInputError, KeyError) as exc:
+                    raise BadInputError(f"{str(path)!r}: {exc}") from None
             if manifest.get("format") != FORMAT:
                 raise BadInputError(f"{str(path)!r}: unsupported model format {manifest.get('format')!r} (this featx "
                                     f"reads {FORMAT!r}); fit the model again and save it with this version")

@@ -99,6 +99,8 @@ def test_changed_weights_rebuild_the_inference_copy(images):
     randomise_batchnorm(b.model, seed=1)  # as fine-tuning or a state_dict load would change them
     with torch.no_grad():
         b.model.conv_stem.weight.mul_(1.5)
+    np.testing.assert_array_equal(b.embed_batch(images), before)  # the folded copy until told
+    b.weights_changed()
     after = b.embed_batch(images)
     assert not np.allclose(before, after, atol=1e-4)
     np.testing.assert_allclose(after, plain_forward(b, images), rtol=1e-4, atol=1e-5)
@@ -205,7 +207,7 @@ def test_dataloader_workers_give_the_same_vectors(image_folder, tmp_path):
 
 def test_a_chunk_holds_model_sized_pixels_not_whole_photos(tmp_path):
     from featx.data.samples import as_samples
-    from featx.extraction import _load
+    from featx.extraction.pipeline import _load
 
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((900, 1200, 3), np.uint8)).save(photo)
@@ -215,16 +217,21 @@ def test_a_chunk_holds_model_sized_pixels_not_whole_photos(tmp_path):
     np.testing.assert_allclose(b.embed_batch(items), b.embed_batch([Image.open(photo).convert("RGB")]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("setting, expected", [("1", "True"), ("0", "False")])
-def test_cpu_allocator_setting_can_be_turned_off(setting, expected):
+@pytest.mark.parametrize("setting, expected", [(None, "False"), ("1", "True")])
+def test_the_host_allocator_is_changed_only_when_asked(setting, expected):
+    """A library must not change its host process's allocator: only FEATX_MALLOC_TUNING=1 (or a
+    call to tune_cpu_allocator) does."""
     import os
     import subprocess
     import sys
 
-    code = "from featx.backbones.base import tune_cpu_allocator as t; print(t(), t())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "FEATX_MALLOC_TUNING": setting}).stdout.split()
-    assert out == [expected, expected]  # applied once, reported the same on every call
+    code = ("import featx, numpy as np, featx.backbones.base as base; "
+            "b = featx.create_backbone('timm/test_efficientnet', image_size=32, pretrained=False, device='cpu'); "
+            "b.embed_batch([np.zeros((32, 32, 3), np.uint8)]); print(base._allocator_tuned)")
+    env = {k: v for k, v in os.environ.items() if k != "FEATX_MALLOC_TUNING"}
+    env.update({} if setting is None else {"FEATX_MALLOC_TUNING": setting})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out == [expected]
 
 
 def test_options_random_init_and_one_layer_as_an_int():

@@ -327,7 +327,7 @@ def test_skip_policy_reports_every_skipped_file(tmp_path):
 
 
 def test_an_unreadable_sample_repeated_in_later_blocks_is_reported_for_each(tmp_path, monkeypatch):
-    import featx.extraction as extraction
+    import featx.extraction.pipeline as extraction
 
     monkeypatch.setattr(extraction, "BLOCK", 2)
     bad, copy = write(tmp_path / "bad.jpg", b"not a jpeg"), write(tmp_path / "copy.jpg", b"not a jpeg")

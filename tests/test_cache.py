@@ -18,7 +18,7 @@ import featx
 from featx.cache import CacheWarning, DamagedShardError, EmbeddingCache
 from featx.data.samples import as_samples
 from featx.errors import CacheError
-from featx.extraction import extract
+from featx.extraction.pipeline import extract
 
 from conftest import CountingTextBackbone
 
@@ -178,7 +178,7 @@ def test_unique_counts_distinct_samples_among_hits_and_misses(counting, cache_di
 
 def test_an_input_longer_than_a_block_is_extracted_block_by_block(counting, cache_dir, tmp_path, monkeypatch):
     import featx.data.samples as datasets
-    import featx.extraction as extraction
+    import featx.extraction.pipeline as extraction
 
     whole = extract(CountingTextBackbone(), texts(11) + texts(3), cache_dir=tmp_path / "one-block").vectors
     monkeypatch.setattr(datasets, "KEEP_KEYS", 4)  # keys hashed block by block, as for a large input
@@ -577,3 +577,16 @@ def _recipe(texts_):
 
 
 
+
+
+def test_a_whole_shard_read_back_in_another_order_lands_in_the_right_rows(cache_dir):
+    """Rows stored in one order (as extraction commits texts, longest first) and read in another,
+    the first and last in place: each key gets its own vector (a whole-shard read straight into
+    the output must not assume the order in between)."""
+    store = EmbeddingCache(cache_dir).store("fp", name="t", dim=3)
+    keys = np.array([f"{i:032x}".encode() for i in range(6)], "S32")
+    stored = np.array([0, 2, 1, 4, 3, 5])  # first and last in place, the middle shuffled
+    store.put(keys[stored], np.repeat(stored[:, None], 3, axis=1).astype(np.float32))
+    out = np.zeros((6, 3), np.float32)
+    store.read(keys, out)
+    np.testing.assert_array_equal(out[:, 0], np.arange(6))

@@ -8,7 +8,7 @@ import torch
 
 import featx
 from featx.data.loaders import load_image_folder
-from featx.finetuning import _network, _new_backbone, blocks, head_from_probe, plan
+from featx.finetuning.strategies import blocks, build_network, head_from_probe, new_backbone, plan
 
 IMAGE = "timm/test_efficientnet"
 
@@ -23,8 +23,8 @@ def text_task(n=24):
 
 @pytest.fixture
 def image_net():
-    backbone = _new_backbone(IMAGE, {"image_size": 48, "pretrained": False})
-    return backbone, _network(backbone, 3)
+    backbone = new_backbone(IMAGE, {"image_size": 48, "pretrained": False})
+    return backbone, build_network(backbone, 3)
 
 
 def requires_grad_per_block(network, backbone):
@@ -40,7 +40,7 @@ def test_blocks_cover_every_encoder_parameter_once(image_net, tiny_bert_dir):
     backbone, network = image_net
     names = [n for block in blocks(backbone) for n in block]
     assert sorted(names) == sorted(n for n, _ in network.encoder.named_parameters())
-    text = _new_backbone(f"hf/{tiny_bert_dir}", None)
+    text = new_backbone(f"hf/{tiny_bert_dir}", None)
     text_blocks = blocks(text)
     assert len(text_blocks) == 2 + 2  # embeddings, layer.0, layer.1, pooler
     assert all("embeddings" in n for n in text_blocks[0]) and all(".layer.1." in n for n in text_blocks[2])
@@ -93,8 +93,8 @@ def test_unknown_strategy(image_net):
 def test_lp_ft_head_starts_from_the_probe(tiny_bert_dir, tmp_path):
     X, y = text_task()
     probe = featx.TransferClassifier(f"hf/{tiny_bert_dir}", cache_dir=tmp_path).fit(X, y)
-    backbone = _new_backbone(probe.backbone, None)
-    network = _network(backbone, 2)
+    backbone = new_backbone(probe.backbone, None)
+    network = build_network(backbone, 2)
     head_from_probe(network.head, probe.head_, probe.classes_)
     coef = probe.head_.model_[-1].coef_
     np.testing.assert_allclose(network.head.weight.detach().numpy(), np.vstack([np.zeros_like(coef), coef]), rtol=1e-6)
@@ -111,7 +111,7 @@ def test_gradual_training_unfreezes_on_the_right_epochs_and_restores_the_best(ti
     X, y = text_task(40)
     result = featx.finetune(f"hf/{tiny_bert_dir}", X, y, strategy="gradual", epochs=4, lr=5e-2, batch_size=8,
                             patience=10, cache_dir=tmp_path / "c", run_dir=tmp_path / "run", progress=False)
-    backbone = _new_backbone(f"hf/{tiny_bert_dir}", None)
+    backbone = new_backbone(f"hf/{tiny_bert_dir}", None)
     sizes = [sum(p.numel() for n in names for p in [backbone.model.get_parameter(n)]) for names in blocks(backbone)]
     head = 32 * 2 + 2
     assert [r["trainable_params"] for r in result.history] == [head + sum(sizes[len(sizes) - k:]) for k in range(4)]

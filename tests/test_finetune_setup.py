@@ -12,7 +12,8 @@ from sklearn.model_selection import train_test_split
 import featx
 from featx.data.loaders import load_image_folder
 from featx.cli import main
-from featx.finetuning import FineTunedClassifier, FineTuneResult
+from featx.finetuning.estimator import FineTunedClassifier
+from featx.finetuning.run import FineTuneResult
 from test_finetune import text_task
 
 

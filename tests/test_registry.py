@@ -67,8 +67,8 @@ def test_import_featx_and_help_do_not_import_torch():
 
 
 def test_public_functions_are_not_shadowed_by_their_modules():
-    import featx.extraction  # noqa: F401
-    import featx.finetuning  # noqa: F401
+    import featx.extraction.pipeline  # noqa: F401
+    import featx.finetuning.run  # noqa: F401
     import featx.selection.sweep  # noqa: F401
 
     assert all(callable(f) and f.__module__.startswith("featx.") for f in (featx.extract, featx.sweep, featx.finetune))

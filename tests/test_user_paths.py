@@ -236,7 +236,7 @@ def finetuned(ws, swept) -> subprocess.CompletedProcess:
 def test_finetune_then_predict_with_the_finetuned_model(ws, finetuned):
     summary = json.loads((ws / "runs/textile/finetune-lp-ft/finetune.json").read_text())
     assert summary["strategy"] == "lp-ft" and summary["held_out"] == "test"
-    assert all(0 <= s <= 1 for s in summary["scores"].values()) and summary["keep"] in ("finetuned", "probe")
+    assert all(0 <= s <= 1 for s in summary["scores"].values()) and summary["keep"] in ("finetuned", "frozen")
     assert f"keep the {summary['keep']} model" in finetuned.stdout
 
     featx(PREDICT_FINETUNED, ws)

@@ -182,13 +182,14 @@ _allocator_tuned = False
 
 
 def tune_cpu_allocator() -> bool:
-    """Let glibc keep freed activation memory in the process instead of handing large blocks back
-    to the OS after every batch: the page faults of getting them back cost more than the
-    convolutions at batch 8 and up (EfficientNet-Lite0 on 2 cores: batch 32 40 → 70 img/s, see
-    docs/performance.md).  Done once per process, on Linux with glibc; ``FEATX_MALLOC_TUNING=0``
-    leaves the allocator alone.  Returns whether the settings are in effect."""
+    """Opt-in: let glibc keep freed activation memory in the process instead of handing large
+    blocks back to the OS after every batch, whose page faults cost more than the convolutions at
+    batch 8 and up on CPU (EfficientNet-Lite0 on 2 cores: batch 32 40 → 70 img/s, see
+    docs/performance.md).  It changes the allocator of the whole process, so featx does it only
+    when asked: call it, or set ``FEATX_MALLOC_TUNING=1`` and the first CPU model built does.
+    Linux with glibc only; returns whether the settings are in effect."""
     global _allocator_tuned
-    if not _allocator_tuned and os.environ.get("FEATX_MALLOC_TUNING", "1") != "0":
+    if not _allocator_tuned:
         import ctypes
 
         try:
@@ -218,7 +219,7 @@ class TorchBackbone(Backbone):
         self.precision = precision
         self.device = device
         self._model = None
-        self._optimized: tuple[tuple, Any] | None = None
+        self._optimized = None  # optimize(model), made on the first embedding
 
     def build_model(self):
         raise NotImplementedError
@@ -229,24 +230,25 @@ class TorchBackbone(Backbone):
         return model
 
     def _inference_model(self):
-        """``optimize(model)``, rebuilt whenever the model's tensors change (fine-tuning, loading)."""
-        import itertools
-
+        """``optimize(model)``, built once; ``weights_changed()`` drops it."""
         model = self.model
         if model.training:  # a user may have called .train(); never embed with batch statistics
             model.eval()
-        state = tuple((id(t), t._version, t.device) for t in itertools.chain(model.parameters(), model.buffers()))
-        if self._optimized is None or self._optimized[0] != state:
-            self._optimized = None  # free the stale copy before building the next one
-            self._optimized = (state, self.optimize(model))
-        return self._optimized[1]
+        if self._optimized is None:
+            self._optimized = self.optimize(model)
+        return self._optimized
+
+    def weights_changed(self) -> None:
+        """Say that the model's weights were changed in place (fine-tuning, ``load_state_dict``): the
+        inference copy made by ``optimize`` is rebuilt from them on the next embedding."""
+        self._optimized = None
 
     @property
     def model(self):
         """The torch module, built on first use, in eval mode on ``self.device``."""
         if self._model is None:
             self.device = resolve_device(self.device)
-            if self.device == "cpu":
+            if self.device == "cpu" and os.environ.get("FEATX_MALLOC_TUNING") == "1":
                 tune_cpu_allocator()
             self._model = self.build_model().eval().to(self.device)
         return self._model
@@ -255,6 +257,7 @@ class TorchBackbone(Backbone):
         device = resolve_device(device)
         if self._model is not None and device != self.device:
             self._model = self._model.to(device)
+            self.weights_changed()
         self.device = device
         return self
 

@@ -68,7 +68,7 @@ def read(shard: Shard, dtype: str, rows: np.ndarray, out: np.ndarray, dest: np.n
     if most and shard.offset is not None and not check and hasattr(os, "preadv"):
         lo, hi = int(dest[0]), int(dest[-1]) + 1
         if len(rows) == shard.rows == hi - lo and out.dtype == dtype and out.flags.c_contiguous \
-                and (rows == np.arange(shard.rows)).all():
+                and (rows == np.arange(shard.rows)).all() and (dest == np.arange(lo, hi)).all():
             return _pread(shard.path, shard.offset, out[lo:hi])  # straight into its rows of out
         block = np.empty((shard.rows, out.shape[1]), dtype)
         _pread(shard.path, shard.offset, block)

@@ -227,7 +227,7 @@ def _confusion_plot(plt, path: Path, evaluation: dict, best: dict) -> None:
 
 
 def _cost_plot(plt, path: Path, rows: list[dict]) -> None:
-    from .sweep import best_per_setup
+    from .transferability import best_per_setup
 
     colours = {(r["backbone"], r["view"]): f"C{i % 10}" for i, r in enumerate(best_per_setup(rows))}  # as in transferability.png
     seconds = [max(r["extract_seconds"], 1e-3) for r in rows]
@@ -247,7 +247,7 @@ def _cost_plot(plt, path: Path, rows: list[dict]) -> None:
 
 def _transferability_plot(plt, path: Path, rows: list[dict], correlations: dict) -> None:
     """Each score against the best CV accuracy of every backbone/view setup (one colour per setup)."""
-    from .sweep import best_per_setup
+    from .transferability import best_per_setup
 
     setups = best_per_setup(rows)
     scores = sorted({k[6:] for r in rows for k in r if k.startswith("score_")})
@@ -417,7 +417,7 @@ def _per_class(evaluation: dict) -> str:
 
 
 def _correlations(rows: list[dict], correlations: dict) -> str:
-    from .sweep import best_per_setup, correlation_gap
+    from .transferability import best_per_setup, correlation_gap
 
     if not correlations:
         return "<p>No transferability scores in this run.</p>"

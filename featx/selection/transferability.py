@@ -136,3 +136,42 @@ def score_all(F: np.ndarray, y, seed: int = 0) -> dict[str, float]:
     for name, fn in SCORES.items():
         out[name] = fn(F, y, seed=seed) if name in ("nleep", "nce") else fn(F, y)
     return out
+
+
+# -- how well each score ranked the setups of a sweep -------------------------------------------
+def best_per_setup(rows: list[dict]) -> list[dict]:
+    """The best row (by CV accuracy) of each backbone/view setup, in first-seen order."""
+    setups: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["backbone"], r["view"])
+        if key not in setups or r["cv_accuracy"] > setups[key]["cv_accuracy"]:
+            setups[key] = r
+    return list(setups.values())
+
+
+def correlation_gap(setups: list[dict], score: str) -> str | None:
+    """Why the rank correlation of ``score`` with CV accuracy is undefined over ``setups`` (``None``: it is defined)."""
+    values = [r.get(f"score_{score}") for r in setups]
+    if len(setups) < 3:
+        return f"needs at least 3 backbone/view setups to rank; this sweep has {len(setups)}"
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+        return "the score could not be computed for every setup"
+    if len(set(values)) < 2:
+        return "the score is the same for every setup"
+    if len({r["cv_accuracy"] for r in setups}) < 2:
+        return "every setup has the same best CV accuracy"
+    return None
+
+
+def rank_correlations(rows: list[dict]) -> dict[str, float]:
+    """Spearman correlation of each transferability score with the best CV accuracy per backbone/view.
+
+    NaN where the correlation is undefined (``correlation_gap`` says why).
+    """
+    from scipy.stats import spearmanr
+
+    setups = best_per_setup(rows)
+    names = sorted({k[6:] for r in setups for k in r if k.startswith("score_")})
+    return {name: float("nan") if correlation_gap(setups, name) else
+            float(spearmanr([r[f"score_{name}"] for r in setups], [r["cv_accuracy"] for r in setups]).statistic)
+            for name in names}

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import featx
-from featx.extraction import extract
+from featx.extraction.pipeline import extract
 
 parser = argparse.ArgumentParser()
 parser.add_argument("cache_dir")

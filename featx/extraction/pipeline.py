@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ._fs import digest, user_cache_dir, write_json_atomic
-from .backbones.base import Backbone, TorchBackbone, check_output, resolve_device
-from .cache import FREE, MINE, WAITING, DamagedShardError, EmbeddingCache, Store
-from .data.samples import Samples, as_samples
-from .errors import BadInputError, CacheError
-from .plugins.registry import resolve_backbone
+from .._fs import digest, user_cache_dir, write_json_atomic
+from ..backbones.base import Backbone, TorchBackbone, check_output, resolve_device
+from ..cache import FREE, MINE, WAITING, DamagedShardError, EmbeddingCache, Store
+from ..data.samples import Samples, as_samples
+from ..errors import BadInputError, CacheError
+from ..plugins.registry import resolve_backbone
 
 POLL_SECONDS = 0.2
 TUNE_CANDIDATES = {"cpu": (1, 2, 4, 8, 16, 32), "gpu": (8, 16, 32, 64, 128, 256)}
@@ -57,7 +57,7 @@ class Progress:
     are the embedding's (cached samples count as done before the start, like a resumed download)."""
 
     def __init__(self, total: int, label: str, enabled: bool) -> None:
-        from .progress import progress_bar
+        from ..progress import progress_bar
 
         self.bar = progress_bar(total, label, unit="sample", enabled=enabled and total > 0)
         self.cached = 0
@@ -364,7 +364,7 @@ def extract(
         nonlocal batch_size
         backbone.to(device)
         if engine == "ray":
-            from .distributed import embed_with_ray
+            from .ray_engine import embed_with_ray
 
             return embed_with_ray(backbone, part, todo, store, batch_size=batch_size or backbone.default_batch_size,
                                   chunk_size=chunk_size, device=device, address=address, num_actors=num_actors,

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backbones.base import Backbone, check_output
-from .cache import Store, as_keys
-from .data.samples import Samples
-from .errors import FeatxError
+from ..backbones.base import Backbone, check_output
+from ..cache import Store, as_keys
+from ..data.samples import Samples
+from ..errors import FeatxError
 
 
 class EmbedActor:

@@ -1,0 +1,188 @@
+"""The training loop behind ``FineTunedClassifier.fit``: batches, schedule, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+
+import numpy as np
+
+from .strategies import build_network, head_from_probe, plan, set_train_mode
+from ..backbones.base import TorchBackbone
+from ..errors import BadInputError
+
+
+class _Batches:
+    """Model inputs for one modality: image tensors (augmented when training) or padded token ids."""
+
+    def __init__(self, backbone: TorchBackbone, X, augment: bool):
+        from ..data.samples import as_samples
+
+        self.backbone = backbone
+        samples = as_samples(X, backbone.modality)
+        if backbone.modality == "image":
+            self.items = [samples.load(i) for i in range(len(samples))]
+            self.train_transform = _augmentation(backbone) if augment else backbone.transform()
+        else:
+            self.items = backbone.tokenizer(list(samples.items), truncation=True, max_length=backbone.max_length)["input_ids"]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def make(self, idx, train: bool) -> tuple:
+        import torch
+
+        if self.backbone.modality == "image":
+            transform = self.train_transform if train else self.backbone.transform()
+            return (torch.stack([transform(self.items[i]) for i in idx]),)
+        width = max(len(self.items[i]) for i in idx)
+        ids = torch.full((len(idx), width), self.backbone.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, :len(self.items[i])] = torch.as_tensor(self.items[i])
+            mask[row, :len(self.items[i])] = 1
+        return ids, mask
+
+
+def _augmentation(backbone):
+    from timm.data import create_transform
+
+    config = backbone.data_config
+    return create_transform(input_size=tuple(config["input_size"]), is_training=True, scale=(0.6, 1.0), hflip=0.5,
+                            vflip=0.0, color_jitter=0.2, interpolation=config["interpolation"], mean=config["mean"],
+                            std=config["std"], auto_augment=None, re_prob=0.0)
+
+
+# -- the fitted model ------------------------------------------------------------------------------
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _split(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/validation row indices, or a ``BadInputError`` saying what to change."""
+    from sklearn.model_selection import train_test_split
+
+    counts = dict(zip(*np.unique(y, return_counts=True)))
+    n_val, n_classes = math.ceil(val_size * len(y)), len(counts)
+    rare = min(counts, key=counts.get)
+    if counts[rare] < 2 or not n_classes <= n_val <= len(y) - n_classes:
+        raise BadInputError(
+            f"val_size={val_size} cannot hold out a stratified validation split of {len(y)} samples in {n_classes} "
+            f"classes (least populated: {rare!r} with {counts[rare]}): every class needs 2 samples or more, and "
+            f"val_size * {len(y)} must be between {n_classes} and {len(y) - n_classes}; change val_size or add samples")
+    return train_test_split(np.arange(len(y)), test_size=val_size, stratify=y, random_state=seed)
+
+
+def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y):
+    """The training loop behind ``FineTunedClassifier.fit``; returns the best network and its record."""
+    import torch
+
+    from ..backbones.base import resolve_device
+    from ..progress import progress_bar
+
+    X = X if isinstance(X, np.ndarray) else list(X)
+    train_idx, val_idx = _split(y, est.val_size, est.seed)
+    classes = np.unique(y)
+    target = np.searchsorted(classes, y)
+
+    torch.manual_seed(est.seed)
+    random.seed(est.seed)  # timm's random crops draw from Python's generator
+    rng = np.random.default_rng(est.seed)
+    device = resolve_device(est.device)
+    backbone.to(device)
+    network = build_network(backbone, len(classes)).to(device)
+    if est.strategy == "lp-ft":
+        head_from_probe(network.head, probe.head_, classes)
+    else:  # a random head on unit-norm features starts with logits near 0 and grows them too slowly (one
+        network.logit_scale = math.sqrt(backbone.dim)  # class predicted after an epoch): coordinates scaled to ~1
+    head_lr = est.head_lr if est.head_lr is not None else (est.lr if est.strategy == "lp-ft" else est.lr * 10)
+    the_plan = plan(est.strategy, network, backbone, epochs=est.epochs, lr=est.lr, head_lr=head_lr,
+                    freeze_blocks=est.freeze_blocks, layer_decay=est.layer_decay, unfreeze_every=est.unfreeze_every)
+    optimizer = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in the_plan.groups],
+                                  weight_decay=est.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    augment = backbone.modality == "image" if est.augment is None else est.augment
+    data = _Batches(backbone, X, augment)
+    batch_size, grad_accum = est.batch_size, est.grad_accum
+    steps_per_epoch = math.ceil(len(train_idx) / (batch_size * grad_accum))
+    total = steps_per_epoch * est.epochs
+    warm = max(1, int(est.warmup * total))
+    use_amp = device.startswith("cuda")
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    device_type = torch.device(device).type
+
+    def evaluate(idx) -> tuple[float, float]:
+        network.eval()
+        loss, correct = 0.0, 0
+        with torch.inference_mode():
+            for lo in range(0, len(idx), batch_size):
+                chunk = idx[lo:lo + batch_size]
+                inputs = [t.to(device) for t in data.make(chunk, train=False)]
+                with torch.autocast(device_type, dtype=amp_dtype, enabled=use_amp):
+                    logits = network(*inputs).float()
+                truth = torch.as_tensor(target[chunk], device=device)
+                loss += torch.nn.functional.cross_entropy(logits, truth, reduction="sum").item()
+                correct += int((logits.argmax(1) == truth).sum())
+        return loss / len(idx), correct / len(idx)
+
+    history: list[dict] = []
+    best = (-1.0, math.inf, -1, None)
+    step, stale = 0, 0
+    for epoch in range(est.epochs):
+        t0 = time.perf_counter()
+        for name, param in network.named_parameters():
+            param.requires_grad_(name in the_plan.trainable_at[epoch])
+        set_train_mode(network, est.batchnorm)
+        order = rng.permutation(train_idx)
+        if est.batchnorm == "update" and len(order) % batch_size == 1:
+            order = order[:-1]  # BatchNorm cannot compute statistics of one sample; it rejoins next epoch
+        running = 0.0
+        label = f"epoch {epoch + 1}/{est.epochs}"
+        bar = progress_bar(math.ceil(len(order) / batch_size), label, unit="batch", enabled=est.progress)
+        optimizer.zero_grad(set_to_none=True)
+        for b, lo in enumerate(range(0, len(order), batch_size)):
+            chunk = order[lo:lo + batch_size]
+            inputs = [t.to(device, non_blocking=True) for t in data.make(chunk, train=True)]
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=use_amp):
+                logits = network(*inputs).float()
+            loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(target[chunk], device=device))
+            scaler.scale(loss / grad_accum).backward()
+            running += loss.item() * len(chunk)
+            if (b + 1) % grad_accum == 0 or lo + batch_size >= len(order):
+                factor = _schedule(step, total, warm)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * factor
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            bar.set_postfix_str(f"loss {running / (lo + len(chunk)):.4f}", refresh=False)
+            bar.update(1)
+        bar.close()
+        val_loss, val_acc = evaluate(val_idx)
+        row = {"epoch": epoch, "train_loss": running / len(order), "val_loss": val_loss, "val_accuracy": val_acc,
+               "trainable_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
+               "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if est.progress:
+            print(f"{label}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  val acc {val_acc:.4f}  "
+                  f"({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
+        if (val_acc, -val_loss) > (best[0], -best[1]):
+            best, stale = (val_acc, val_loss, epoch, copy.deepcopy(network.state_dict())), 0
+        else:
+            stale += 1
+            if stale >= est.patience:
+                break
+    network.load_state_dict(best[3])
+    for param in network.parameters():
+        param.requires_grad_(False)
+    network.head.weight.mul_(network.logit_scale)  # the same logits from the plain unit-norm features
+    network.logit_scale = 1.0
+    return network, history, best[2], val_idx
