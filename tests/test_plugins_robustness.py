@@ -145,3 +145,8 @@ def test_kit_rejects_broken_backbones(backbone, problem):
     with pytest.raises(AssertionError, match=problem) as info:
         check_backbone(backbone)
     assert "test/counting" in str(info.value)
+
+
+def test_a_plugin_rejecting_an_option_value_gives_a_featx_error():
+    with pytest.raises(featx.BadInputError, match="'acme/colorhist' does not accept the options {'bins': 'foo'}.*bins='foo'"):
+        featx.create_backbone("acme/colorhist", bins="foo")

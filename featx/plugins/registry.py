@@ -111,7 +111,7 @@ def create_backbone(name: str, **options: Any):
     True
     """
     from ..backbones.base import Backbone
-    from ..errors import BadInputError, PluginError
+    from ..errors import BadInputError, FeatxError, PluginError
 
     if not isinstance(name, str):
         raise BadInputError(f"backbone name {name!r} must be a str such as 'timm/tf_efficientnet_lite0'")
@@ -123,7 +123,12 @@ def create_backbone(name: str, **options: Any):
             f"backbone {name!r} has no option {unknown[0]!r}.{did_you_mean(unknown[0], valid)} "
             f"Its options: {', '.join(valid) or 'none'}"
         )
-    backbone = entry.factory(*args, **options)
+    try:
+        backbone = entry.factory(*args, **options)
+    except (TypeError, ValueError) as exc:  # a plugin's own check of its options, in its own words
+        if isinstance(exc, FeatxError):
+            raise
+        raise BadInputError(f"backbone {name!r} does not accept the options {options}: {exc}") from None
     if not isinstance(backbone, Backbone):
         raise PluginError(
             f"plugin {entry.plugin!r}: the factory for {name!r} returned "
