@@ -25,7 +25,7 @@ _EXPORTS = {
     "SweepResult": "selection.sweep", "load": "persist", "save": "persist", "create_backbone": "plugins.registry",
     "list_backbones": "plugins.registry", "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors",
     "PluginError": "errors", "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
-    "RandomInitWarning": "errors",
+    "RandomInitWarning": "errors", "detect_shift": "shift.detect", "ShiftReport": "shift.detect",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name load
     from .persist import load, save
     from .plugins.registry import create_backbone, list_backbones
     from .selection.sweep import SweepResult, sweep
+    from .shift.detect import ShiftReport, detect_shift
 
 
 def __getattr__(name: str):

@@ -79,6 +79,7 @@ FOLDS = _number(int, lambda v: v >= 2, "must be an integer >= 2")
 FIT_FOLDS = _number(int, lambda v: v == 0 or v >= 2, "must be an integer >= 2, or 0 for no estimate")
 POSITIVE = _number(float, lambda v: v > 0, "must be a positive number")
 FRACTION = _number(float, lambda v: 0 <= v < 1, "must be a fraction from 0 (no held-out split) up to, not including, 1")
+ALPHA = _number(float, lambda v: 0 < v < 1, "must be a number strictly between 0 and 1, e.g. 0.05")
 
 
 def _device(text: str) -> str:
@@ -682,6 +683,28 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_shift(args) -> int:
+    from .errors import BadInputError
+    from .shift.detect import compare_vectors, embed_pair
+    from .shift.report import write_report
+
+    backbone = _backbone(args.backbone, dict(args.option))
+    for data in (args.ref, args.new):
+        _check_modality(data, backbone.name, backbone.modality)
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
+        raise BadInputError(f"--report {args.report!r} is a file; give a folder (created if missing)")
+    ref_samples = _unlabelled(args.ref, backbone.modality, args.text_column)[0]
+    new_samples = _unlabelled(args.new, backbone.modality, args.text_column)[0]
+    ref, new = embed_pair(ref_samples, new_samples, backbone, cache_dir=args.cache_dir,
+                          names=(f"REF {args.ref!r}", f"NEW {args.new!r}"))
+    report = compare_vectors(ref, new, method=args.method, alpha=args.alpha, n_permutations=args.permutations,
+                             random_state=args.seed)
+    print(report.verdict())
+    if args.report:
+        print(f"report: {write_report(report, ref, new, args.report, new_samples=new_samples, names=(args.ref, args.new))}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -787,6 +810,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("shift", help="test whether NEW data has shifted away from REF (on their embeddings)")
+    for name, what in (("ref", "reference data"), ("new", "new data")):
+        p.add_argument(name, help=f"{what}: an image folder (searched recursively), an image file or a .csv/.tsv/.jsonl table")
+    p.add_argument("--backbone", "-b", required=True, help="a registered name, see `featx backbones`")
+    p.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="backbone option, repeatable (e.g. -o image_size=64)")
+    p.add_argument("--text-column", default="text", help="text column of both tables (default: text)")
+    p.add_argument("--method", choices=["mmd", "classifier", "ks"], default="mmd", help="the two-sample test (default: mmd)")
+    p.add_argument("--alpha", type=ALPHA, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--permutations", type=POSITIVE_INT, default=500, help="permutations of the mmd test (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", metavar="DIR", help="write DIR/report.html: both sets projected, the most shifted samples")
+    p.add_argument("--cache-dir", help="embedding cache (default: $FEATX_CACHE_DIR or ./cache)")
+    p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("demo", help="real transfer learning on shipped data and models")
     p.add_argument("--cache-dir", help="default: ./cache")
