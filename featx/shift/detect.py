@@ -171,19 +171,22 @@ def gaussian_kernel(pooled: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ``MEDIAN_SAMPLE`` rows."""
     Z = np.asarray(pooled, dtype=np.float32)
     sample = Z[rng.choice(len(Z), MEDIAN_SAMPLE, replace=False)] if len(Z) > MEDIAN_SAMPLE else Z
-    rows, cols = np.triu_indices(len(sample), k=1)
-    sample_sq = (sample.astype(np.float64) ** 2).sum(axis=1)
-    distances = sample_sq[rows] + sample_sq[cols] - 2 * np.einsum("ij,ij->i", sample[rows], sample[cols], dtype=np.float64)
-    median = float(np.median(np.maximum(distances, 0))) or 1.0
-    squared = (Z.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
-    K = Z @ Z.T  # becomes the kernel in place
-    K *= -2
-    K += squared[:, None]
-    K += squared[None, :]
-    np.maximum(K, 0, out=K)
+    distances = squared_distances(sample.astype(np.float64))
+    median = float(np.median(distances[np.triu_indices(len(sample), k=1)])) or 1.0
+    K = squared_distances(Z)  # becomes the kernel in place
     K *= -1 / median
     np.exp(K, out=K)
     return K
+
+
+def squared_distances(Z: np.ndarray) -> np.ndarray:
+    """``|z_i - z_j|²`` for every pair of rows, one matrix of Z's dtype built in place."""
+    norms = np.einsum("ij,ij->i", Z, Z, dtype=np.float64).astype(Z.dtype)
+    D = Z @ Z.T
+    D *= -2
+    D += norms[:, None]
+    D += norms[None, :]
+    return np.maximum(D, 0, out=D)
 
 
 def mmd2(K: np.ndarray, in_ref: np.ndarray) -> np.ndarray:
