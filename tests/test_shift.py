@@ -171,3 +171,18 @@ def test_cli_shift_texts_against_images_exits_2(tmp_path, capsys):
     table.write_text("text\nhello\nworld\n")
     assert main(["shift", str(ref), str(table), "-b", "acme/colorhist", "--cache-dir", str(tmp_path / "c")]) == 2
     assert "holds texts (a table) but backbone 'acme/colorhist' embeds images" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_mnist_against_uci_digits_is_flagged_through_lite0(cache_dir):
+    from featx.shift.digits import mnist_digits, uci_digits
+
+    rng = np.random.default_rng(0)
+    mnist, uci = mnist_digits(60, rng), uci_digits(60, rng)
+    options = {"image_size": 32}
+    report = featx.detect_shift(mnist, uci, "timm/tf_efficientnet_lite0", backbone_options=options,
+                                cache_dir=cache_dir, n_permutations=200)
+    assert report.shifted and report.p_value < 0.01 and (report.n_ref, report.n_new) == (60, 60)
+    same = featx.detect_shift(mnist[:30], mnist[30:], "timm/tf_efficientnet_lite0", backbone_options=options,
+                              cache_dir=cache_dir, n_permutations=200)
+    assert not same.shifted
