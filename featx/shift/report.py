@@ -109,6 +109,7 @@ def _page(report, names, cells: str) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>featx shift report</title>
 <style>{STYLE}
+#summary td {{ text-align: left; }}
 .ok {{ background: #eaf5ea; border-left: 4px solid #2e7d32; padding: 0.5em 1em; }}
 .samples {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 .sample {{ width: 220px; }} .sample img {{ image-rendering: pixelated; width: {THUMBNAIL}px; }}
