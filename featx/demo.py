@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import html
 import io
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._fs import atomic_write
 from .backbones.base import Backbone
 from .errors import BadInputError, FeatxError
 
@@ -382,12 +382,6 @@ def _markdown_table(points: Sequence[Point], tasks: Sequence[Task]) -> str:
     return "\n".join(parts)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _plot_curves(points: Sequence[Point], tasks: Sequence[Task]) -> bytes:
     """PNG bytes: one panel per task, held-out accuracy vs labelled examples (log), ± std error bars."""
     import matplotlib
@@ -496,9 +490,10 @@ def run_curves(tasks: Sequence[Task], *, draws: int = 5, cache_dir=None, out_dir
           f"by featx and by the baseline, in {time.perf_counter() - t0:.1f} s (baseline features included).")
     print(_format_table(points, tasks))
     png = _plot_curves(points, tasks)
-    _write_atomically(out / "curves.png", png)
-    _write_atomically(out / "results.md", _markdown_table(points, tasks).encode())
-    _write_atomically(out / "index.html", _html_page(points, tasks, embeddings, "curves.png").encode())
+    for name, data in (("curves.png", png), ("results.md", _markdown_table(points, tasks).encode()),
+                       ("index.html", _html_page(points, tasks, embeddings, "curves.png").encode())):
+        with atomic_write(out / name) as f:
+            f.write(data)
     total, embedded = sum(e.samples for e in embeddings), sum(e.embedded for e in embeddings)
     print(f"\nfeatx: {embedded} of {total} samples embedded, {sum(e.cached for e in embeddings)} from the cache "
           f"({sum(e.seconds for e in embeddings):.1f} s)"

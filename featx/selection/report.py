@@ -20,7 +20,6 @@ import html
 import io
 import json
 import math
-import os
 import shlex
 import warnings
 from pathlib import Path
@@ -29,13 +28,11 @@ PLOTS = ("accuracy.png", "confusion.png", "cost.png", "transferability.png")
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file and a rename: never half a file under ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``text`` as UTF-8 through ``featx._fs.atomic_write``: never half a file under ``path``."""
+    from .._fs import atomic_write
+
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _json(value) -> str:
