@@ -57,6 +57,22 @@ def _numbers(text: str | None) -> np.ndarray:
     return np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, np.int64)
 
 
+def _create(db: sqlite3.Connection, wait: float = 120.0) -> None:
+    """Run ``SCHEMA``, again while another process is creating the same database: the switch to WAL
+    answers "database is locked" at once instead of waiting for the lock like other statements."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            db.executescript(SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.rollback()
+            if exc.sqlite_errorcode & 0xFF != 5 or time.monotonic() > deadline:  # SQLITE_BUSY
+                raise
+            time.sleep(0.05)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` of this host runs."""
     try:
@@ -88,7 +104,7 @@ class Index:
         db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
         try:
             if db.execute("PRAGMA user_version").fetchone()[0] != 1:
-                db.executescript(SCHEMA)
+                _create(db)
             db.execute("PRAGMA synchronous = NORMAL")  # a commit lost to a power cut leaves its shard to adopt
         except sqlite3.OperationalError as exc:  # a read-only folder whose last writer closed the database?
             if exc.sqlite_errorcode & 0xFF not in (3, 8, 14) or not self.path.exists():  # PERM, READONLY, CANTOPEN
