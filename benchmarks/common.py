@@ -36,10 +36,9 @@ def short_texts(n: int = 2000) -> list[str]:
 
 
 def image_paths(n: int) -> list[str]:
-    from featx.demo import textile_data
+    from featx.demo import textile_defects
 
-    paths, _ = textile_data(quick=False)
-    return paths[:n]
+    return textile_defects().items[:n]
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
