@@ -241,7 +241,7 @@ class _ResultsCache:
 def _check_ranking(rank_by, cv_top_k, transferability: bool) -> None:
     from .transferability import SCORES, STATIC
 
-    names = ["cv", *SCORES, STATIC]
+    names = ["cv", *SCORES, STATIC]  # featx/cli.py RANKINGS lists the same
     if rank_by not in names:
         raise BadInputError(f"rank_by={rank_by!r} is not a ranking featx knows; use one of {', '.join(map(repr, names))}")
     if rank_by != "cv" and not transferability:
@@ -260,7 +260,10 @@ def _selection(rank_by: str, cv_top_k, rows: list[dict], candidates: list[dict],
                results: "_ResultsCache", cv_key) -> dict:
     """How the winner was chosen; the exhaustive (all setups cross-validated) pick when it is known,
     from this sweep or from CV results already in the cache, and whether the two agree."""
-    pick = {k: rows[0][k] for k in ("backbone", "view", "head", "cv_accuracy")}
+    from .transferability import setup_key
+
+    fields = ("backbone", "backbone_options", "view", "head", "cv_accuracy")
+    pick = {k: rows[0][k] for k in fields}
     exhaustive = None
     if rank_by == "cv" or cv_top_k is None:
         exhaustive = max(rows, key=lambda r: (r["cv_accuracy"], -r["cv_accuracy_std"]))
@@ -268,11 +271,11 @@ def _selection(rank_by: str, cv_top_k, rows: list[dict], candidates: list[dict],
         known = [(c, h, results.get(cv_key(c, h))) for c in candidates for h in heads]
         if all(cv is not None for _, _, cv in known):
             best = max(known, key=lambda t: (t[2]["cv_accuracy"], -t[2]["cv_accuracy_std"]))
-            exhaustive = {"backbone": best[0]["described"]["name"], "view": best[0]["view"], "head": head_name(best[1]),
-                          "cv_accuracy": best[2]["cv_accuracy"]}
+            exhaustive = {"backbone": best[0]["described"]["name"], "backbone_options": best[0]["described"]["options"],
+                          "view": best[0]["view"], "head": head_name(best[1]), "cv_accuracy": best[2]["cv_accuracy"]}
     if exhaustive is not None:
-        exhaustive = {k: exhaustive[k] for k in ("backbone", "view", "head", "cv_accuracy")}
-    same = None if exhaustive is None else (pick["backbone"], pick["view"]) == (exhaustive["backbone"], exhaustive["view"])
+        exhaustive = {k: exhaustive[k] for k in fields}
+    same = None if exhaustive is None else setup_key(pick) == setup_key(exhaustive)
     return {"rank_by": rank_by, "cv_top_k": cv_top_k, "setups": len(candidates), "cross_validated": n_chosen,
             "pick": pick, "exhaustive_pick": exhaustive, "same_pick": same}
 
@@ -401,7 +404,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     from ..data.labels import labels_or_raise
     from ..estimators import TransferClassifier, resolve_backbone
     from ..extraction.pipeline import extract
-    from .transferability import SCORES, STATIC, parameter_count, rank_agreement, rank_correlations, score_all, static_prior
+    from .transferability import (SCORES, STATIC, parameter_count, rank_agreement, rank_correlations, score_all,
+                                  setup_key, static_prior)
 
     say = print if progress else (lambda *a, **k: None)
     heads = [heads] if isinstance(heads, str) else list(heads)
@@ -487,7 +491,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
             row.update(_refit_and_test(head, cv_result["params"], Z, y, test, columns, y_test, results,
                                        digest(head_key, test_key), reuse=cached_cv))
             rows.append(row)
-            fitted[(described["name"], view, name)] = (candidate["spec"], candidate["options"], head, columns, test, Z)
+            fitted[(*setup_key(row), name)] = (candidate["spec"], candidate["options"], head, columns, test, Z)
             say(f"[sweep]   {described['name']} {view:8s} {name:7s} cv acc {row['cv_accuracy']:.3f} ± "
                 f"{row['cv_accuracy_std']:.3f}" + (f"  test {row['test_accuracy']:.3f}" if row["test_accuracy"] is not None else "")
                 + ("  (cv cached)" if cached_cv else ""))
@@ -496,11 +500,12 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
 
     rows.sort(key=lambda r: (-r["cv_accuracy"], r["cv_accuracy_std"]))
     if rank_by != "cv" and cv_top_k is None:  # the score orders the setups, CV the heads within one
-        order = {(c["described"]["name"], c["view"]): i for i, c in enumerate(candidates)}
-        rows.sort(key=lambda r: order[(r["backbone"], r["view"])])
+        order = {setup_key({"backbone": c["described"]["name"], "backbone_options": c["described"]["options"],
+                            "view": c["view"]}): i for i, c in enumerate(candidates)}
+        rows.sort(key=lambda r: order[setup_key(r)])
     selection = _selection(rank_by, cv_top_k, rows, candidates, len(chosen), heads, results, cv_key)
     top = rows[0]
-    spec, options, head, columns, test, Z = fitted[(top["backbone"], top["view"], top["head"])]
+    spec, options, head, columns, test, Z = fitted[(*setup_key(top), top["head"])]
     best = TransferClassifier(spec, head=head, head_params=top["params"] if isinstance(head, str) else None,
                               backbone_options=options, view=None if top["view"] == "all" else top["view"],
                               cache_dir=cache_dir)

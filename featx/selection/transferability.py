@@ -180,11 +180,19 @@ def score_all(F: np.ndarray, y, seed: int = 0) -> dict[str, float]:
 
 
 # -- how well each score ranked the setups of a sweep -------------------------------------------
+def setup_key(row: dict) -> tuple:
+    """What tells a row's backbone/view setup apart: the backbone's name, its options (one model with
+    two poolings is two setups) and the view."""
+    import json
+
+    return row["backbone"], json.dumps(row.get("backbone_options"), sort_keys=True, default=str), row["view"]
+
+
 def best_per_setup(rows: list[dict]) -> list[dict]:
     """The best row (by CV accuracy) of each backbone/view setup, in first-seen order."""
     setups: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["backbone"], r["view"])
+        key = setup_key(r)
         if key not in setups or r["cv_accuracy"] > setups[key]["cv_accuracy"]:
             setups[key] = r
     return list(setups.values())
