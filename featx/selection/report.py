@@ -80,7 +80,8 @@ def write_run(result, run_dir, render: bool = True) -> tuple[Path, Path | None]:
     writer.writeheader()
     writer.writerows({k: json.dumps(v, default=_plain) if isinstance(v, dict) else v for k, v in r.items()} for r in rows)
     _write_atomic(run_dir / "leaderboard.csv", table.getvalue())
-    payload = {"leaderboard": rows, "correlations": result.correlations, "evaluation": result.evaluation}
+    payload = {"leaderboard": rows, "correlations": result.correlations, "evaluation": result.evaluation,
+               "agreement": result.agreement, "selection": result.selection, "scored_only": result.scored_only}
     _write_atomic(run_dir / "leaderboard.json", _json(payload))
     _write_atomic(run_dir / "manifest.json", _json(result.manifest))
     try:
@@ -129,6 +130,7 @@ def render_report(run_dir) -> Path:
     correlations = payload.get("correlations") or {}
     _plots(run_dir, rows, evaluation, manifest, correlations)
     page = _page(rows, correlations, evaluation, manifest, source, run_dir)
+    page = page.replace("<!--selection-->", _selection(payload.get("selection") or {}, payload.get("scored_only") or []))
     _write_atomic(run_dir / "report.html", page)
     return run_dir / "report.html"
 
@@ -414,19 +416,47 @@ def _per_class(evaluation: dict) -> str:
 
 
 def _correlations(rows: list[dict], correlations: dict) -> str:
-    from .transferability import best_per_setup, correlation_gap
+    from .transferability import best_per_setup, correlation_gap, rank_agreement
 
     if not correlations:
         return "<p>No transferability scores in this run.</p>"
     setups = best_per_setup(rows)
+    agreement = rank_agreement(rows)
     gaps = {name: correlation_gap(setups, name) if rho is None or math.isnan(rho) else None
             for name, rho in correlations.items()}
     why = any(gaps.values())
+
+    def top1(name):
+        hit = agreement.get(name, {}).get("top1")
+        return "–" if hit is None else ("yes" if hit else "no")
+
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{_fmt(rho)}</td>"
+                   f"<td>{_fmt(agreement.get(name, {}).get('weighted_tau'))}</td><td>{top1(name)}</td>"
                    + (f"<td>{html.escape(gaps[name] or '')}</td>" if why else "") + "</tr>"
                    for name, rho in correlations.items())
-    return (f'<table id="correlations"><tr><th>score</th><th>Spearman ρ</th>{"<th>why –</th>" if why else ""}</tr>'
-            f"{body}</table>")
+    return (f'<table id="correlations"><tr><th>score</th><th>Spearman ρ</th><th>weighted τ</th><th>picks the CV best</th>'
+            f'{"<th>why –</th>" if why else ""}</tr>{body}</table>')
+
+
+def _selection(selection: dict, scored_only: list[dict]) -> str:
+    """How the winner was chosen (``rank_by``, the budget) and whether it is the exhaustive CV pick."""
+    if not selection or (selection.get("rank_by") == "cv" and not scored_only):
+        return ""
+    pick, exhaustive = selection["pick"], selection.get("exhaustive_pick")
+    text = (f"Ranked by <b>{html.escape(str(selection['rank_by']))}</b>"
+            + (f", cross-validating only its top {selection['cv_top_k']} of {selection['setups']} setups"
+               if selection.get("cv_top_k") else "")
+            + f"; pick: {html.escape(pick['backbone'])} [{html.escape(pick['view'])}] (CV {_fmt(pick['cv_accuracy'])}). ")
+    if exhaustive is None:
+        text += "The exhaustive pick is not known (not every setup has been cross-validated)."
+    else:
+        text += (f"Exhaustive CV pick: {html.escape(exhaustive['backbone'])} [{html.escape(exhaustive['view'])}] "
+                 f"(CV {_fmt(exhaustive['cv_accuracy'])}): <b>{'the same' if selection['same_pick'] else 'different'}</b>.")
+    if scored_only:
+        text += " Scored, not cross-validated: " + ", ".join(
+            html.escape(f"{r['backbone']} [{r['view']}]") for r in scored_only) + "."
+    return f'<p id="selection">{text}</p>'
+
 
 
 def _manifest(manifest: dict) -> str:
@@ -491,8 +521,9 @@ Data fingerprint <code>{manifest.get('data_fingerprint')}</code>. Rows best firs
 <div>{_per_class(evaluation)}</div>
 </div>
 <h2>Transferability scores vs CV accuracy</h2>
-<p>Spearman rank correlation across backbone/view setups (each setup's best head); – where it is undefined, with the reason.</p>
+<p>Spearman ρ and weighted Kendall τ (top ranks weigh most) across backbone/view setups (each setup's best head), and whether the score's top setup is the CV best; – where undefined, with the reason. <code>static</code> needs no data: parameter count, deeper views first.</p>
 {_correlations(rows, correlations)}
+<!--selection-->
 <figure><img src="transferability.png" alt="transferability scores against CV accuracy"><figcaption>scores vs best CV accuracy</figcaption></figure>
 <figure><img src="cost.png" alt="accuracy against extraction time"><figcaption>accuracy vs extraction cost</figcaption></figure>
 <h2>Reproduce this run</h2>

@@ -54,6 +54,9 @@ class SweepResult:
     source: dict | None = None
     run_dir: Path | None = None
     report: Path | None = None
+    agreement: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
+    scored_only: list = field(default_factory=list)
 
     def table(self, limit: int | None = None) -> str:
         """The leaderboard as aligned text; rows of random-init backbones end in ``[random init]``."""
@@ -68,6 +71,17 @@ class SweepResult:
                          + ("  [random init]" if r.get("random_init") else ""))
         if any(r.get("random_init") for r in self.leaderboard[:limit]):
             lines.append("[random init]: the backbone has no pretrained weights; its rows score an untrained network")
+        if self.scored_only:
+            lines.append(f"not cross-validated (outside the top {self.selection.get('cv_top_k')} by "
+                         f"{self.selection.get('rank_by')}): " + ", ".join(f"{r['backbone']} [{r['view']}]" for r in self.scored_only))
+        return "\n".join(lines)
+
+    def agreement_table(self) -> str:
+        """Each transferability score's Spearman ρ, weighted Kendall τ_w and top-1 hit against CV accuracy."""
+        lines = [f"{'score':8s} {'rho':>6s} {'tau_w':>6s} top-1", "-" * 27]
+        for name, a in self.agreement.items():
+            hit = "-" if a["top1"] is None else ("yes" if a["top1"] else "no")
+            lines.append(f"{name:8s} {a['spearman']:6.3f} {a['weighted_tau']:6.3f} {hit}")
         return "\n".join(lines)
 
 
@@ -224,6 +238,48 @@ class _ResultsCache:
             pass  # a results cache that cannot be written only costs time
 
 
+def _check_ranking(rank_by, cv_top_k, transferability: bool) -> None:
+    from .transferability import SCORES, STATIC
+
+    names = ["cv", *SCORES, STATIC]  # featx/cli.py RANKINGS lists the same
+    if rank_by not in names:
+        raise BadInputError(f"rank_by={rank_by!r} is not a ranking featx knows; use one of {', '.join(map(repr, names))}")
+    if rank_by != "cv" and not transferability:
+        raise BadInputError(f"rank_by={rank_by!r} needs the transferability scores: drop transferability=False")
+    if cv_top_k is None:
+        return
+    if isinstance(cv_top_k, bool) or not isinstance(cv_top_k, numbers.Integral) or cv_top_k < 1:
+        raise BadInputError(f"cv_top_k={cv_top_k!r} must be a whole number of setups to cross-validate, at least 1 "
+                            f"(or None to cross-validate every setup)")
+    if rank_by == "cv":
+        raise BadInputError(f"cv_top_k={cv_top_k} needs a cheap score to choose the setups to cross-validate: give "
+                            f"rank_by='logme' (or another score), or drop cv_top_k")
+
+
+def _selection(rank_by: str, cv_top_k, rows: list[dict], candidates: list[dict], n_chosen: int, heads,
+               results: "_ResultsCache", cv_key) -> dict:
+    """How the winner was chosen; the exhaustive (all setups cross-validated) pick when it is known,
+    from this sweep or from CV results already in the cache, and whether the two agree."""
+    from .transferability import setup_key
+
+    fields = ("backbone", "backbone_options", "view", "head", "cv_accuracy")
+    pick = {k: rows[0][k] for k in fields}
+    exhaustive = None
+    if rank_by == "cv" or cv_top_k is None:
+        exhaustive = max(rows, key=lambda r: (r["cv_accuracy"], -r["cv_accuracy_std"]))
+    elif all(isinstance(h, str) for h in heads):
+        known = [(c, h, results.get(cv_key(c, h))) for c in candidates for h in heads]
+        if all(cv is not None for _, _, cv in known):
+            best = max(known, key=lambda t: (t[2]["cv_accuracy"], -t[2]["cv_accuracy_std"]))
+            exhaustive = {"backbone": best[0]["described"]["name"], "backbone_options": best[0]["described"]["options"],
+                          "view": best[0]["view"], "head": head_name(best[1]), "cv_accuracy": best[2]["cv_accuracy"]}
+    if exhaustive is not None:
+        exhaustive = {k: exhaustive[k] for k in fields}
+    same = None if exhaustive is None else setup_key(pick) == setup_key(exhaustive)
+    return {"rank_by": rank_by, "cv_top_k": cv_top_k, "setups": len(candidates), "cross_validated": n_chosen,
+            "pick": pick, "exhaustive_pick": exhaustive, "same_pick": same}
+
+
 def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n_jobs) -> dict:
     from sklearn.model_selection import GridSearchCV
 
@@ -280,7 +336,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
           backbone_options: dict | None = None, X_test=None, y_test=None, test_size: float | None = None,
           cv: int = 5, grids: dict | None = None, views: bool = True, transferability: bool = True,
           cache_dir=None, run_dir=None, seed: int = 0, n_jobs: int | None = None, progress: bool = True,
-          report: bool = True, engine: str = "local", source: dict | None = None) -> SweepResult:
+          report: bool = True, engine: str = "local", source: dict | None = None, rank_by: str = "cv",
+          cv_top_k: int | None = None) -> SweepResult:
     """Rank every backbone × view × head on ``(X, y)`` by cross-validated accuracy.
 
     Every argument is checked before anything is embedded.  With ``run_dir`` the results are saved
@@ -322,6 +379,16 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         How the data was loaded (``data``, ``text_column``, ``label_column``, ``test_size``, ``seed``,
         ``options``), written to ``run_dir/source.json``; the report turns it into the ``featx sweep``
         command that reproduces the run.
+    rank_by : str
+        ``"cv"`` (default) orders the leaderboard by CV accuracy.  A transferability score
+        (``"logme"``, ``"h_score"``, ``"nleep"``, ``"nce"``, ``"sfda"``, or ``"static"``, the no-data
+        baseline) orders the backbone/view setups by that score instead (heads within a setup by CV)
+        and its top setup is the winner; ``selection`` says whether CV would have picked the same.
+    cv_top_k : int, optional
+        Budgeted mode, with a score as ``rank_by``: cross-validate only the ``cv_top_k`` setups that
+        score best, pick the winner among them by CV; the others get their scores only
+        (``scored_only``).  ``selection`` compares with the exhaustive pick when every setup's CV
+        result is in the cache.
 
     Returns
     -------
@@ -337,7 +404,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     from ..data.labels import labels_or_raise
     from ..estimators import TransferClassifier, resolve_backbone
     from ..extraction.pipeline import extract
-    from .transferability import rank_correlations, score_all
+    from .transferability import (SCORES, STATIC, parameter_count, rank_agreement, rank_correlations, score_all,
+                                  setup_key, static_prior)
 
     say = print if progress else (lambda *a, **k: None)
     heads = [heads] if isinstance(heads, str) else list(heads)
@@ -347,6 +415,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         make_head(head)  # unknown names fail now, not after the extraction
     specs = _specs(backbones, backbone_options)
     _check_cv(cv)
+    _check_ranking(rank_by, cv_top_k, transferability)
     y = labels_or_raise(y, len(X))
     X, y, X_test, y_test = _train_and_test(X, y, X_test, y_test, test_size, seed)
     folds = _folds(y, cv, seed, after_split=bool(test_size))
@@ -357,6 +426,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     data_key = test_key = None
     hashed: dict[str, tuple] = {}  # modality -> (train, test) samples: content hashed once for every backbone
 
+    candidates: list[dict] = []  # one per backbone/view: its features and scores, cross-validated below
     for spec, options in specs:
         backbone = resolve_backbone(spec, options)
         described = _describe(backbone, options)
@@ -379,40 +449,63 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
                                    "dim": backbone.dim, "views": list(backbone.views)})
         whole = [("all", slice(0, backbone.dim))]
         view_items = whole + list(backbone.views.items()) if views and len(backbone.views) > 1 else whole
+        n_parameters = parameter_count(backbone) if transferability else None
         for view, columns in view_items:
             Z = np.ascontiguousarray(train.vectors[:, columns])
             base_key = digest("sweep", PROTOCOL_VERSION, train.stats.store_key, view, data_key, folds.get_n_splits(), seed)
             scores = {}
             if transferability:
                 scores = results.get(digest(base_key, "transferability"))
-                if scores is None:
+                if scores is None or set(scores) != set(SCORES):
                     scores = score_all(Z, y, seed=seed)
                     results.put(digest(base_key, "transferability"), scores)
-            for head in heads:
-                name = head_name(head)
-                grid = (grids or {}).get(name)
-                head_key = digest(base_key, "head", name, repr(head) if not isinstance(head, str) else name, grid)
-                cv_result = results.get(head_key) if isinstance(head, str) else None
-                cached_cv = cv_result is not None
-                if cv_result is None:
-                    cv_result = _grid_search(head, Z, y, folds, grid, n_jobs)
-                    if isinstance(head, str):
-                        results.put(head_key, cv_result)
-                row = {"backbone": backbone.name, "random_init": described["random_init"],
-                       "backbone_options": described["options"], "view": view, "head": name, **cv_result,
-                       "extract_seconds": extract_s, "cache_hits": hits, "embedded": embedded,
-                       "cv_from_cache": cached_cv, **{f"score_{k}": v for k, v in scores.items()}}
-                row.update(_refit_and_test(head, cv_result["params"], Z, y, test, columns, y_test, results,
-                                           digest(head_key, test_key), reuse=cached_cv))
-                rows.append(row)
-                fitted[(backbone.name, view, name)] = (spec, options, head, columns, test, Z)
-                say(f"[sweep]   {view:8s} {name:7s} cv acc {row['cv_accuracy']:.3f} ± {row['cv_accuracy_std']:.3f}"
-                    + (f"  test {row['test_accuracy']:.3f}" if row["test_accuracy"] is not None else "")
-                    + ("  (cv cached)" if cached_cv else ""))
+                if n_parameters is not None:  # a backbone featx cannot count has no static rank
+                    scores[STATIC] = static_prior(n_parameters, view, list(backbone.views))
+            candidates.append({"spec": spec, "options": options, "described": described, "view": view, "columns": columns,
+                               "Z": Z, "test": test, "base_key": base_key, "scores": scores,
+                               "info": {"extract_seconds": extract_s, "cache_hits": hits, "embedded": embedded}})
+
+    def cv_key(candidate, head):
+        name = head_name(head)
+        grid = (grids or {}).get(name)
+        return digest(candidate["base_key"], "head", name, repr(head) if not isinstance(head, str) else name, grid)
+
+    if rank_by != "cv":
+        candidates.sort(key=lambda c: -np.nan_to_num(c["scores"][rank_by], nan=-np.inf))  # stable: ties keep order
+    chosen = candidates if cv_top_k is None else candidates[:cv_top_k]
+    for candidate in chosen:
+        described, view, columns, Z, test = (candidate[k] for k in ("described", "view", "columns", "Z", "test"))
+        for head in heads:
+            name = head_name(head)
+            head_key = cv_key(candidate, head)
+            cv_result = results.get(head_key) if isinstance(head, str) else None
+            cached_cv = cv_result is not None
+            if cv_result is None:
+                cv_result = _grid_search(head, Z, y, folds, (grids or {}).get(name), n_jobs)
+                if isinstance(head, str):
+                    results.put(head_key, cv_result)
+            row = {"backbone": described["name"], "random_init": described["random_init"],
+                   "backbone_options": described["options"], "view": view, "head": name, **cv_result,
+                   **candidate["info"], "cv_from_cache": cached_cv,
+                   **{f"score_{k}": v for k, v in candidate["scores"].items()}}
+            row.update(_refit_and_test(head, cv_result["params"], Z, y, test, columns, y_test, results,
+                                       digest(head_key, test_key), reuse=cached_cv))
+            rows.append(row)
+            fitted[(*setup_key(row), name)] = (candidate["spec"], candidate["options"], head, columns, test, Z)
+            say(f"[sweep]   {described['name']} {view:8s} {name:7s} cv acc {row['cv_accuracy']:.3f} ± "
+                f"{row['cv_accuracy_std']:.3f}" + (f"  test {row['test_accuracy']:.3f}" if row["test_accuracy"] is not None else "")
+                + ("  (cv cached)" if cached_cv else ""))
+    scored_only = [{"backbone": c["described"]["name"], "view": c["view"], "random_init": c["described"]["random_init"],
+                    **{f"score_{k}": v for k, v in c["scores"].items()}} for c in candidates[len(chosen):]]
 
     rows.sort(key=lambda r: (-r["cv_accuracy"], r["cv_accuracy_std"]))
+    if rank_by != "cv" and cv_top_k is None:  # the score orders the setups, CV the heads within one
+        order = {setup_key({"backbone": c["described"]["name"], "backbone_options": c["described"]["options"],
+                            "view": c["view"]}): i for i, c in enumerate(candidates)}
+        rows.sort(key=lambda r: order[setup_key(r)])
+    selection = _selection(rank_by, cv_top_k, rows, candidates, len(chosen), heads, results, cv_key)
     top = rows[0]
-    spec, options, head, columns, test, Z = fitted[(top["backbone"], top["view"], top["head"])]
+    spec, options, head, columns, test, Z = fitted[(*setup_key(top), top["head"])]
     best = TransferClassifier(spec, head=head, head_params=top["params"] if isinstance(head, str) else None,
                               backbone_options=options, view=None if top["view"] == "all" else top["view"],
                               cache_dir=cache_dir)
@@ -435,7 +528,9 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         "n_test": None if X_test is None else len(y_test), "classes": [str(c) for c in best.classes_],
         "metric": "accuracy", "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_accuracy", "test_accuracy")},
     }
-    result = SweepResult(rows, best, manifest, rank_correlations(rows), evaluation, source)
+    manifest.update(rank_by=rank_by, cv_top_k=cv_top_k)
+    result = SweepResult(rows, best, manifest, rank_correlations(rows), evaluation, source,
+                         agreement=rank_agreement(rows), selection=selection, scored_only=scored_only)
     if run_dir is not None:
         from .report import write_run
 

@@ -12,6 +12,16 @@ with each score's rank correlation to the cross-validated accuracy.
   ``theta`` from a Gaussian mixture on PCA-reduced features (N-LEEP, Li et al., 2021).
 - ``nce``     — negative conditional entropy ``-H(y | z)`` of target labels given source labels ``z``
   (Tran et al., 2019); ``nce_clusters`` uses k-means clusters of the features as ``z``.
+- ``sfda``    — SFDA (Shao et al., "Not All Models Are Equal: Predicting Model Transferability in a
+  Self-challenging Fisher Space", ECCV 2022): mean probability of the true class under a
+  regularised Fisher discriminant, refitted after each sample is mixed towards the other classes
+  in proportion to its confusion.  Higher is better.
+- ``static``  — the baseline that needs no data: the backbone's parameter count, deeper views of
+  one backbone first (``static_prior``).
+
+Each score's agreement with cross-validation over a sweep's setups is measured by Spearman's ρ and
+the weighted Kendall τ_w (hyperbolic weights, top ranks count most; You et al., 2021 use it for
+LogME), ``rank_agreement``.
 
 >>> import numpy as np
 >>> F = np.array([[0., 0.], [0., 1.], [4., 0.], [4., 1.]]); y = np.array([0, 0, 1, 1])
@@ -127,7 +137,38 @@ def nce_clusters(F: np.ndarray, y, *, clusters: int | None = None, seed: int = 0
     return nce(z, y)
 
 
-SCORES = {"logme": logme, "h_score": h_score, "nleep": nleep, "nce": nce_clusters}
+def sfda(F: np.ndarray, y) -> float:
+    """SFDA (Shao et al., 2022): the true class's mean probability under a regularised Fisher
+    discriminant, after the self-challenging mix ("ConfMix").
+
+    The regularised Fisher discriminant is scikit-learn's shrunk LDA (eigen solver, Ledoit-Wolf
+    shrinkage in place of the paper's rule from the between-class scatter).  Each sample ``x`` of
+    class ``c`` is then moved to ``p·x + (1 - p)·mean(samples not in c)``, ``p`` its softened
+    probability of ``c``, so that the confused samples become harder; the score is the mean
+    probability of the true class under an LDA refitted on the mixed features.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0); y = np.repeat([0, 1], 20)
+    >>> apart, mixed = rng.normal(size=(40, 3)) + 3 * y[:, None], rng.normal(size=(40, 3))
+    >>> sfda(apart, y) > sfda(mixed, y)
+    True
+    """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    F = np.asarray(F, dtype=np.float64)
+    codes, k = _codes(y)
+    rows = np.arange(len(codes))
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto")
+    probability = lda.fit(F, codes).predict_proba(F)
+    softened = np.exp(probability) / np.exp(probability).sum(axis=1, keepdims=True)  # as the authors do
+    own = softened[rows, codes][:, None]
+    others = np.stack([F[codes != c].mean(axis=0) for c in range(k)])
+    mixed = own * F + (1 - own) * others[codes]
+    return float(lda.fit(mixed, codes).predict_proba(mixed)[rows, codes].mean())
+
+
+SCORES = {"logme": logme, "h_score": h_score, "nleep": nleep, "nce": nce_clusters, "sfda": sfda}
+STATIC = "static"
 
 
 def score_all(F: np.ndarray, y, seed: int = 0) -> dict[str, float]:
@@ -139,11 +180,19 @@ def score_all(F: np.ndarray, y, seed: int = 0) -> dict[str, float]:
 
 
 # -- how well each score ranked the setups of a sweep -------------------------------------------
+def setup_key(row: dict) -> tuple:
+    """What tells a row's backbone/view setup apart: the backbone's name, its options (one model with
+    two poolings is two setups) and the view."""
+    import json
+
+    return row["backbone"], json.dumps(row.get("backbone_options"), sort_keys=True, default=str), row["view"]
+
+
 def best_per_setup(rows: list[dict]) -> list[dict]:
     """The best row (by CV accuracy) of each backbone/view setup, in first-seen order."""
     setups: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["backbone"], r["view"])
+        key = setup_key(r)
         if key not in setups or r["cv_accuracy"] > setups[key]["cv_accuracy"]:
             setups[key] = r
     return list(setups.values())
@@ -161,6 +210,79 @@ def correlation_gap(setups: list[dict], score: str) -> str | None:
     if len({r["cv_accuracy"] for r in setups}) < 2:
         return "every setup has the same best CV accuracy"
     return None
+
+
+def static_prior(n_parameters: int, view: str, views: list[str]) -> float:
+    """The no-data ranking: more parameters first; within one backbone, deeper views first.
+
+    ``views`` lists the backbone's views shallow to deep (as featx's backbones order them); the
+    concatenation ``"all"`` ranks as the deepest.
+
+    >>> static_prior(5_000_000, "stage4", ["stage2", "stage4"]) > static_prior(5_000_000, "stage2", ["stage2", "stage4"])
+    True
+    """
+    depth = len(views) if view == "all" or view not in views else views.index(view)
+    return float(n_parameters) + depth / (len(views) + 1)
+
+
+def parameter_count(backbone) -> int | None:
+    """Parameters of a built-in timm or Hugging Face backbone, counted on the meta device (no weights
+    are read); ``None`` for other backbones."""
+    import torch
+
+    from ..backbones.hf import HFBackbone
+    from ..backbones.timm import TimmBackbone
+
+    with torch.device("meta"):
+        if isinstance(backbone, TimmBackbone):
+            model = backbone._create()
+        elif isinstance(backbone, HFBackbone):
+            from transformers import AutoConfig, AutoModel
+
+            model = AutoModel.from_config(AutoConfig.from_pretrained(backbone.model_dir))
+        else:
+            return None
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def weighted_tau(scores, truth) -> float:
+    """Weighted Kendall τ_w of ``scores`` against ``truth`` (scipy's hyperbolic weights, averaged over
+    ranking by either side), the LogME paper's measure of a score's ranking.
+
+    >>> round(weighted_tau([3, 2, 1], [3, 1, 2]), 6)  # one swap below the top: 6/11
+    0.545455
+    """
+    from scipy.stats import weightedtau
+
+    return float(weightedtau(scores, truth).statistic)
+
+
+def rank_agreement(rows: list[dict]) -> dict[str, dict]:
+    """Each score's agreement with CV accuracy over the backbone/view setups of ``rows``.
+
+    Per score: ``spearman`` (ρ), ``weighted_tau`` (τ_w), ``top1`` (the score's best setup is the CV
+    best) and ``setups``; NaN/None where undefined, with ``gap`` saying why (``correlation_gap``).
+
+    >>> rows = [{"backbone": "b", "view": v, "cv_accuracy": a, "score_s": s}
+    ...         for v, a, s in [("x", 0.9, 3), ("y", 0.7, 1), ("z", 0.8, 2)]]
+    >>> rank_agreement(rows)["s"]["spearman"], rank_agreement(rows)["s"]["top1"]
+    (1.0, True)
+    """
+    from scipy.stats import spearmanr
+
+    setups = best_per_setup(rows)
+    names = sorted({k[6:] for r in setups for k in r if k.startswith("score_")})
+    accuracy = [r["cv_accuracy"] for r in setups]
+    out = {}
+    for name in names:
+        gap = correlation_gap(setups, name)
+        entry = {"spearman": float("nan"), "weighted_tau": float("nan"), "top1": None, "setups": len(setups), "gap": gap}
+        if gap is None:
+            values = [r[f"score_{name}"] for r in setups]
+            entry.update(spearman=float(spearmanr(values, accuracy).statistic), weighted_tau=weighted_tau(values, accuracy),
+                         top1=accuracy[int(np.argmax(values))] == max(accuracy))
+        out[name] = entry
+    return out
 
 
 def rank_correlations(rows: list[dict]) -> dict[str, float]:
