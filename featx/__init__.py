@@ -26,6 +26,7 @@ _EXPORTS = {
     "list_backbones": "plugins.registry", "FeatxError": "errors", "BadInputError": "errors", "CacheError": "errors",
     "PluginError": "errors", "UnknownBackboneError": "errors", "UnknownHeadError": "errors",
     "RandomInitWarning": "errors", "detect_shift": "shift.detect", "ShiftReport": "shift.detect",
+    "export": "deploy.export",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name load
     from .plugins.registry import create_backbone, list_backbones
     from .selection.sweep import SweepResult, sweep
     from .shift.detect import ShiftReport, detect_shift
+    from .deploy.export import export
 
 
 def __getattr__(name: str):

