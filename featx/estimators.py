@@ -307,6 +307,12 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         classifier instance.
     head_params : dict, optional
         Parameters of the head (``{"C": 0.1}``).
+    adapt : {"coral", "sa", "self-training", "auto"}, skada adapter or None, default None
+        Domain adaptation to the unlabelled ``X_target`` given to ``fit`` (see docs/shift.md):
+        ``"coral"`` (second-order statistics aligned), ``"sa"`` (subspace alignment),
+        ``"self-training"`` (confident pseudo-labels of X_target, refit, repeat), ``"auto"`` (the
+        one an unsupervised scorer prefers, ``"none"`` unless an adapter scores higher) or a skada
+        adapter instance.  ``predict`` then takes samples of the target domain.
 
     Attributes
     ----------
@@ -318,6 +324,10 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         The fitted head.
     classes_ : ndarray
         The class labels.
+    adapt_ : str or estimator
+        The adaptation used: ``"none"`` without ``adapt``, what ``"auto"`` chose with it.
+    adapt_scores_ : dict
+        With ``adapt="auto"``: the unsupervised score of each candidate (greater is better).
 
     predict, predict_proba and score change no state.  For what an extraction did (samples
     cached, embedded, unreadable), call ``featx.extract(model.backbone_, X, errors="skip")``.
@@ -330,15 +340,17 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         **_Embeds._parameter_constraints,
         "head": [str, HasMethods(["fit", "predict"])],
         "head_params": [dict, None],
+        "adapt": [StrOptions({"coral", "sa", "self-training", "auto"}), HasMethods(["fit_transform"]), None],
     }
 
     def __init__(self, backbone: str | Backbone = "auto", head: Any = "logreg", *, head_params: dict | None = None,
-                 backbone_options: dict | None = None, input: str = "auto", view: str | None = None, cache_dir=None,
+                 adapt: Any = None, backbone_options: dict | None = None, input: str = "auto", view: str | None = None, cache_dir=None,
                  batch_size: int | None = None, device: str = "auto", num_workers: int = 0, engine: str = "local",
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.head = head
         self.head_params = head_params
+        self.adapt = adapt
         self.backbone_options = backbone_options
         self.input = input
         self.view = view
@@ -351,7 +363,7 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         self.errors = errors
         self.progress = progress
 
-    def fit(self, X, y) -> "TransferClassifier":
+    def fit(self, X, y, X_target=None) -> "TransferClassifier":
         """Embed X (through the cache) and fit the head.
 
         Parameters
@@ -360,6 +372,9 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
             Texts, or image paths / PIL images / uint8 arrays (a pandas Series is fine).
         y : array-like of shape (n_samples,)
             One class label per sample.
+        X_target : list of samples, optional
+            Unlabelled samples of the domain the model will predict on, embedded through the same
+            cache; required by ``adapt`` and refused without it.
 
         Returns
         -------
@@ -370,9 +385,15 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         y = labels_or_raise(y, len(X))
         head = make_head(self.head, **(self.head_params or {}))  # a wrong head fails before any embedding
         backbone = self._named_backbone(X)
+        if (X_target is None) != (self.adapt is None):
+            raise BadInputError("X_target is given but adapt=None: pass adapt='coral', 'sa', 'self-training' or "
+                                "'auto' to use it" if self.adapt is None else
+                                f"adapt={self.adapt!r} needs X_target: pass fit(X, y, X_target=<unlabelled samples "
+                                f"of the new domain>)")
+        Z_target = None if X_target is None else self._target_vectors(backbone, X, X_target)
         result = self._extract(backbone, X)
         Z, y = (result.vectors, y) if result.ok.all() else (result.vectors[result.ok], y[result.ok])
-        self._fit_head(head, backbone, Z, y)
+        self._fit_head(head, backbone, Z, y, Z_target)
         self._warn_if_random(backbone)
         return self
 
@@ -393,11 +414,35 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         validate_params(self)
         if isinstance(self.backbone, str) and self.backbone == "auto":
             raise BadInputError('fit_embeddings needs the backbone the embeddings came from, not backbone="auto"')
+        if self.adapt is not None:
+            raise BadInputError(f"fit_embeddings does not adapt: use fit(X, y, X_target=...) with adapt={self.adapt!r}")
         head = make_head(self.head, **(self.head_params or {}))
         return self._fit_head(head, resolve_backbone(self.backbone, self.backbone_options), Z, np.asarray(y))
 
-    def _fit_head(self, head, backbone: Backbone, Z: np.ndarray, y: np.ndarray) -> "TransferClassifier":
-        self.head_ = head.fit(Z, y)
+    def _target_vectors(self, backbone: Backbone, X: list, X_target) -> np.ndarray:
+        """X_target's vectors (unreadable samples left out with ``errors="skip"``), checked to be of X's kind."""
+        X_target = sample_list(X_target)
+        if not X_target:
+            raise BadInputError("X_target is empty: pass unlabelled samples of the new domain, or leave it out "
+                                "(and adapt=None)")
+        kind, target_kind = infer_modality(X, self.input), infer_modality(X_target, self.input)
+        if target_kind != kind:
+            raise BadInputError(f"X_target holds {target_kind}s but X holds {kind}s (backbone {backbone.name!r}): "
+                                f"X_target must be {kind}s of the new domain")
+        result = self._extract(backbone, X_target)
+        return result.vectors[result.ok]
+
+    def _fit_head(self, head, backbone: Backbone, Z: np.ndarray, y: np.ndarray,
+                  Z_target: np.ndarray | None = None) -> "TransferClassifier":
+        if Z_target is None:
+            self.head_, self.adapt_ = head.fit(Z, y), "none"
+        else:
+            from .shift.adapt import AdaptedHead
+
+            self.head_ = AdaptedHead(head, self.adapt).fit(Z, y, Z_target)
+            self.adapt_ = self.head_.adapt_
+            if hasattr(self.head_, "adapt_scores_"):
+                self.adapt_scores_ = self.head_.adapt_scores_
         self.classes_ = self.head_.classes_
         self.n_features_in_ = Z.shape[1]
         self._set_backbone(backbone)

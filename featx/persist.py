@@ -29,7 +29,7 @@ FORMAT = "featx-model-v2"
 OWN_STATE_FORMATS = ("featx-model-v1", FORMAT)  # a fine-tuned model's layout did not change
 LEGACY_NAMES = {"FineTunedClassifier": "featx.finetuning.estimator.FineTunedClassifier"}  # as featx-model-v1 named it
 MODEL = "model.skops"
-TRUSTED_PREFIXES = ("featx.heads.", "sklearn.", "numpy.", "scipy.")
+TRUSTED_PREFIXES = ("featx.heads.", "featx.shift.adapt.", "sklearn.", "numpy.", "scipy.", "skada.")  # skada: adapted heads
 TRUSTED_TYPES = ("featx.estimators.Embedder", "featx.estimators.TransferClassifier")
 
 
