@@ -99,6 +99,20 @@ def test_bad_input_names_the_argument(kwargs, fault):
     assert fault in str(info.value)
 
 
+@pytest.mark.parametrize("X_ref, X_new, fault", [
+    ([], ["a cat", "a dog"], "X_ref: X is empty"),
+    (["a cat", "a dog"], [], "X_new: X is empty"),
+    (["a cat"], ["a dog", "a mat"], "X_ref has 1 sample:"),
+    (np.r_[np.zeros((3, 4)), [[np.inf] * 4]], np.ones((3, 4)), "X_ref rows [3] hold NaN or inf"),
+    (np.zeros((5, 4)), np.zeros(4), "X_new must be a 2-D float array"),
+])
+def test_empty_single_and_non_finite_sets_are_refused(counting, cache_dir, X_ref, X_new, fault):
+    backbone = None if isinstance(X_ref, np.ndarray) else counting
+    with pytest.raises(featx.BadInputError) as info:
+        featx.detect_shift(X_ref, X_new, backbone, cache_dir=cache_dir)
+    assert fault in str(info.value)
+
+
 def test_mismatched_modalities_are_refused(counting, cache_dir):
     images = np.zeros((3, 8, 8, 3), np.uint8)
     with pytest.raises(featx.BadInputError, match="X_ref holds texts but X_new holds images"):
