@@ -200,3 +200,22 @@ def test_mnist_against_uci_digits_is_flagged_through_lite0(cache_dir):
     same = featx.detect_shift(mnist[:30], mnist[30:], "timm/tf_efficientnet_lite0", backbone_options=options,
                               cache_dir=cache_dir, n_permutations=200)
     assert not same.shifted
+
+
+@pytest.mark.integration
+def test_out_of_domain_text_is_flagged_and_a_same_distribution_news_stream_is_not(cache_dir):
+    """A smaller examples/bbc_text_shift.py: MiniLM at 128 tokens, 60 reference articles."""
+    from featx.shift.news import bbc_news, docstring_texts
+
+    texts, _ = bbc_news()
+    rows = np.random.default_rng(0).choice(len(texts), 100, replace=False)
+    reference, control = [texts[i] for i in rows[:60]], [texts[i] for i in rows[60:]]
+    docstrings = docstring_texts(40, np.random.default_rng(0))
+    options = {"max_length": 128}
+    for method in METHODS:
+        ood = featx.detect_shift(reference, docstrings, "hf/all-MiniLM-L6-v2", method=method,
+                                 backbone_options=options, cache_dir=cache_dir, n_permutations=200)
+        same = featx.detect_shift(reference, control, "hf/all-MiniLM-L6-v2", method=method,
+                                  backbone_options=options, cache_dir=cache_dir, n_permutations=200)
+        assert ood.shifted and ood.p_value < 0.01, (method, ood.verdict())
+        assert not same.shifted, (method, same.verdict())
