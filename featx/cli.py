@@ -681,13 +681,21 @@ def cmd_finetune(args) -> int:
     if setup.view is not None:
         raise BadInputError(f"the chosen setup uses view {setup.view!r} of a multi-layer backbone; fine-tuning needs "
                             f"a single-output backbone: sweep it without layers= or pick another --row")
+    if (args.target is None) != (args.adapt is None):
+        raise BadInputError("--target DATA (unlabelled samples of the new domain) and --adapt adabn|dann go together: "
+                            "give both or neither")
     backbone = _backbone(setup.backbone, setup.backbone_options)
     _check_modality(source["data"], backbone.name, backbone.modality)
+    X_target = None
+    if args.target is not None:
+        _check_modality(args.target, backbone.name, backbone.modality)
+        X_target = _unlabelled(args.target, backbone.modality, source["text_column"])[0]
     X, y = _labelled(source["data"], source["text_column"], source["label_column"])
     X_train, y_train, X_test, y_test = _split(source["data"], X, y, source["test_size"], source["seed"])
     out = Path(args.out_dir) if args.out_dir else run / f"finetune-{args.strategy}"
     result = finetune(setup, X_train, y_train, strategy=args.strategy, epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, X_test=X_test, y_test=y_test, cache_dir=args.cache_dir, run_dir=out,
+                      batch_size=args.batch_size, batchnorm=args.batchnorm, augment=args.augment, adapt=args.adapt,
+                      X_target=X_target, X_test=X_test, y_test=y_test, cache_dir=args.cache_dir, run_dir=out,
                       progress=not args.quiet)
     print(f"{result.summary()}; run folder {out}")
     print(f"fine-tuned model: {out / 'finetuned.featx'}; frozen setup: {out / 'frozen.featx'}")
@@ -830,6 +838,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=POSITIVE_INT, default=5)
     p.add_argument("--lr", type=POSITIVE, default=1e-4)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
+    p.add_argument("--batchnorm", default="frozen", choices=["frozen", "update"],
+                   help="BatchNorm statistics: frozen (default) or updated while training")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="image augmentation while training (default: on for images, off for text)")
+    p.add_argument("--target", help="unlabelled samples of the new domain (folder or table), with --adapt")
+    p.add_argument("--adapt", choices=["adabn", "dann"], help="adapt to --target: adabn (re-estimate BatchNorm "
+                   "statistics on it) or dann (domain-adversarial training)")
     p.add_argument("--out-dir", help="default: RUN_DIR/finetune-STRATEGY")
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", "-q", action="store_true")

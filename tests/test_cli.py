@@ -215,3 +215,10 @@ def test_sweep_then_finetune_the_best_from_the_run_folder(capsys, tmp_path, imag
     assert code == 0 and len(rows_of(out)) == 12, err
     code, _, err = run(capsys, "finetune", run_dir, "--row", 99)
     assert code == 2 and "rows 1..4" in err
+    code, out, err = run(capsys, "finetune", run_dir, "--row", timm_row, "--strategy", "full", "--epochs", "1",
+                         "--batch-size", "4", "--no-augment", "--batchnorm", "frozen", "--target", image_folder,
+                         "--adapt", "adabn", "--out-dir", tmp_path / "adabn", "--cache-dir", tmp_path / "c", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "adabn" / "finetune.json").read_text())["adapt"] == "adabn"
+    code, _, err = run(capsys, "finetune", run_dir, "--adapt", "dann")
+    assert code == 2 and "--target DATA" in err and "--adapt adabn|dann go together" in err

@@ -99,6 +99,20 @@ def test_bad_input_names_the_argument(kwargs, fault):
     assert fault in str(info.value)
 
 
+@pytest.mark.parametrize("X_ref, X_new, fault", [
+    ([], ["a cat", "a dog"], "X_ref: X is empty"),
+    (["a cat", "a dog"], [], "X_new: X is empty"),
+    (["a cat"], ["a dog", "a mat"], "X_ref has 1 sample:"),
+    (np.r_[np.zeros((3, 4)), [[np.inf] * 4]], np.ones((3, 4)), "X_ref rows [3] hold NaN or inf"),
+    (np.zeros((5, 4)), np.zeros(4), "X_new must be a 2-D float array"),
+])
+def test_empty_single_and_non_finite_sets_are_refused(counting, cache_dir, X_ref, X_new, fault):
+    backbone = None if isinstance(X_ref, np.ndarray) else counting
+    with pytest.raises(featx.BadInputError) as info:
+        featx.detect_shift(X_ref, X_new, backbone, cache_dir=cache_dir)
+    assert fault in str(info.value)
+
+
 def test_mismatched_modalities_are_refused(counting, cache_dir):
     images = np.zeros((3, 8, 8, 3), np.uint8)
     with pytest.raises(featx.BadInputError, match="X_ref holds texts but X_new holds images"):
@@ -186,3 +200,22 @@ def test_mnist_against_uci_digits_is_flagged_through_lite0(cache_dir):
     same = featx.detect_shift(mnist[:30], mnist[30:], "timm/tf_efficientnet_lite0", backbone_options=options,
                               cache_dir=cache_dir, n_permutations=200)
     assert not same.shifted
+
+
+@pytest.mark.integration
+def test_out_of_domain_text_is_flagged_and_a_same_distribution_news_stream_is_not(cache_dir):
+    """A smaller examples/bbc_text_shift.py: MiniLM at 128 tokens, 60 reference articles."""
+    from featx.shift.news import bbc_news, docstring_texts
+
+    texts, _ = bbc_news()
+    rows = np.random.default_rng(0).choice(len(texts), 100, replace=False)
+    reference, control = [texts[i] for i in rows[:60]], [texts[i] for i in rows[60:]]
+    docstrings = docstring_texts(40, np.random.default_rng(0))
+    options = {"max_length": 128}
+    for method in METHODS:
+        ood = featx.detect_shift(reference, docstrings, "hf/all-MiniLM-L6-v2", method=method,
+                                 backbone_options=options, cache_dir=cache_dir, n_permutations=200)
+        same = featx.detect_shift(reference, control, "hf/all-MiniLM-L6-v2", method=method,
+                                  backbone_options=options, cache_dir=cache_dir, n_permutations=200)
+        assert ood.shifted and ood.p_value < 0.01, (method, ood.verdict())
+        assert not same.shifted, (method, same.verdict())

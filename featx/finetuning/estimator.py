@@ -12,8 +12,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .strategies import BATCHNORM, STRATEGIES, build_network, new_backbone
-from .training import train_network
+from .strategies import ADAPT, BATCHNORM, STRATEGIES, build_network, new_backbone
+from .training import adapt_batchnorm, train_network
 from .._fs import digest
 from ..backbones.base import Backbone, TorchBackbone
 from ..errors import BadInputError, validate_params
@@ -88,6 +88,12 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         nothing; ``"update"``: plain train mode, batch statistics and running averages updated
         (only with large batches and enough data; on 900 textile images it loses accuracy, see
         docs/finetune.md).
+    adapt : {None, "adabn", "dann"}
+        Domain adaptation to the unlabelled ``X_target`` given to ``fit``: ``"adabn"`` (AdaBN, Li et al.
+        2016) re-estimates every BatchNorm layer's running statistics on ``X_target`` after training
+        (networks with BatchNorm only); ``"dann"`` (Ganin & Lempitsky 2015) trains a small domain
+        classifier on the pooled features of source and target batches behind a gradient-reversal
+        layer, so that the encoder learns features the two domains share.
     val_size : float
         Fraction of ``X`` held out, stratified, for early stopping and the best-epoch choice.
 
@@ -124,6 +130,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         "patience": [Interval(Integral, 1, None, closed="left")],
         "batchnorm": [StrOptions(set(BATCHNORM))],
         "augment": ["boolean", None],
+        "adapt": [StrOptions(set(ADAPT)), None],
         "seed": [Integral],
         "device": [str],
         "cache_dir": [str, os.PathLike, None],
@@ -134,8 +141,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
                  epochs: int = 5, lr: float = 1e-4, head_lr: float | None = None, weight_decay: float = 0.01,
                  batch_size: int = 32, grad_accum: int = 1, warmup: float = 0.1, freeze_blocks: int = 0,
                  layer_decay: float = 0.75, unfreeze_every: int = 1, val_size: float = 0.2, patience: int = 3,
-                 batchnorm: str = "frozen", augment: bool | None = None, seed: int = 0, device: str = "auto",
-                 cache_dir=None, progress: bool = False):
+                 batchnorm: str = "frozen", augment: bool | None = None, adapt: str | None = None, seed: int = 0,
+                 device: str = "auto", cache_dir=None, progress: bool = False):
         self.backbone = backbone
         self.backbone_options = backbone_options
         self.strategy = strategy
@@ -153,6 +160,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.batchnorm = batchnorm
         self.augment = augment
+        self.adapt = adapt
         self.seed = seed
         self.device = device
         self.cache_dir = cache_dir
@@ -164,7 +172,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         validate_params(self)
         return new_backbone(self.backbone, self.backbone_options)
 
-    def fit(self, X, y, probe=None) -> "FineTunedClassifier":
+    def fit(self, X, y, probe=None, X_target=None) -> "FineTunedClassifier":
         """Train on ``(X, y)``.
 
         Parameters
@@ -176,6 +184,9 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         probe : TransferClassifier, optional
             For ``strategy="lp-ft"``: a fitted logistic-regression ``TransferClassifier`` on this
             backbone, whose head the network starts from (fitted here when None).
+        X_target : list, optional
+            Unlabelled samples of the domain the model will meet, same modality as ``X``; needed
+            by ``adapt`` and only with it.
 
         Returns
         -------
@@ -186,13 +197,16 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
 
         backbone = self.check_params()
         y = labels_or_raise(y, len(X))
+        check_target(self.adapt, X_target, backbone)
         if self.strategy == "lp-ft" and probe is None:
             probe = linear_probe(self.backbone, self.backbone_options, X, y, cache_dir=self.cache_dir,
                                  progress=self.progress)
         elif self.strategy == "lp-ft" and not (hasattr(probe, "head_") and is_linear_probe(probe)):
             raise BadInputError("fit(probe=...) needs a fitted TransferClassifier with head='logreg' on this backbone "
                                 "(LP-FT copies its coefficients); or leave probe=None to fit one")
-        network, history, best_epoch, val_idx = train_network(self, backbone, probe, X, y)
+        network, history, best_epoch, val_idx = train_network(self, backbone, probe, X, y, X_target)
+        if self.adapt == "adabn":
+            adapt_batchnorm(network, backbone, X_target, self.batch_size, str(next(network.parameters()).device))
         self.history_, self.best_epoch_, self.val_indices_ = history, best_epoch, val_idx
         return self._set_state(network, backbone, np.unique(y))
 
@@ -261,6 +275,27 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.decision_function(X).argmax(axis=1)]
+
+
+def check_target(adapt: str | None, X_target, backbone: TorchBackbone) -> None:
+    """A ``BadInputError`` naming ``X_target`` / ``adapt`` unless they come together, ``X_target`` in
+    the backbone's modality with 2 samples or more."""
+    from ..data.samples import infer_modality, sample_list
+
+    if adapt is None and X_target is not None:
+        raise BadInputError(f"X_target was given but adapt=None: set adapt to one of {', '.join(ADAPT)} "
+                            f"to use the target samples, or drop X_target")
+    if adapt is None:
+        return
+    if X_target is None:
+        raise BadInputError(f"adapt={adapt!r} adapts to unlabelled samples of the target domain: pass them as X_target=")
+    samples = sample_list(X_target)
+    if len(samples) < 2:
+        raise BadInputError(f"X_target holds {len(samples)} sample(s); adapt={adapt!r} needs 2 or more")
+    modality = infer_modality(samples)
+    if modality != backbone.modality:
+        raise BadInputError(f"X_target holds {modality}s but backbone {backbone.name!r} embeds {backbone.modality}s: "
+                            f"pass target samples of the same kind as X")
 
 
 def is_linear_probe(classifier) -> bool:

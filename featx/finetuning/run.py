@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .estimator import FineTunedClassifier, is_linear_probe, linear_probe
+from .estimator import FineTunedClassifier, check_target, is_linear_probe, linear_probe
 from ..backbones.base import Backbone
 from ..errors import BadInputError, did_you_mean
 
@@ -122,8 +122,8 @@ def _frozen_setup(setup, X, cache_dir, progress: bool):
     return frozen
 
 
-def finetune(setup, X, y, *, X_test=None, y_test=None, cache_dir=None, run_dir=None, progress: bool = True,
-             **params: Any) -> FineTuneResult:
+def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=None, run_dir=None,
+             progress: bool = True, **params: Any) -> FineTuneResult:
     """Promote ``setup`` to end-to-end training and compare it with the frozen setup as given.
 
     Parameters
@@ -136,6 +136,9 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, cache_dir=None, run_dir=N
         ``val_size`` of them out for early stopping.
     X_test, y_test : optional
         Held-out data both models are scored on (else the validation split).
+    X_target : optional
+        Unlabelled samples of the target domain, for ``adapt="adabn"`` or ``"dann"`` (and only
+        with one of them); the frozen setup is not adapted.
     cache_dir : optional
         Embedding cache (default: the setup's).
     run_dir : optional
@@ -144,7 +147,7 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, cache_dir=None, run_dir=N
     progress : bool
         Progress bars and epoch lines on stderr.
     **params :
-        ``FineTunedClassifier`` parameters (``strategy``, ``epochs``, ``lr``, ``batchnorm``, …).
+        ``FineTunedClassifier`` parameters (``strategy``, ``epochs``, ``lr``, ``batchnorm``, ``adapt``, …).
 
     Returns
     -------
@@ -165,13 +168,13 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, cache_dir=None, run_dir=N
     frozen = _frozen_setup(setup, X, cache_dir, progress)
     model = FineTunedClassifier(frozen.backbone, frozen.backbone_options, cache_dir=frozen.cache_dir,
                                 progress=progress, **params)
-    model.check_params()  # before any embedding
+    check_target(model.adapt, X_target, model.check_params())  # before any embedding
     frozen.fit(X, y)
     probe = None
     if model.strategy == "lp-ft":
         probe = frozen if is_linear_probe(frozen) else linear_probe(
             frozen.backbone, frozen.backbone_options, X, y, cache_dir=frozen.cache_dir, progress=progress)
-    model.fit(X, y, probe=probe)
+    model.fit(X, y, probe=probe, X_target=X_target)
     if X_test is not None:
         X_eval, y_eval, held_out = X_test, y_test, "test"
     else:
@@ -203,6 +206,7 @@ def write_run(result: FineTuneResult, run_dir) -> Path:
     summary = {"strategy": result.strategy, "held_out": result.held_out, "scores": result.scores, "keep": result.keep,
                "best_epoch": result.best_epoch, "backbone": result.model.backbone,
                "frozen_head": head_name(result.frozen.head), "batchnorm": result.model.batchnorm,
+               "adapt": result.model.adapt,
                "finetuned_fingerprint": result.model.fingerprint_, "frozen_fingerprint": result.frozen.fingerprint_}
     (run_dir / "finetune.json").write_text(json.dumps(summary, indent=2))
     save(result.model, run_dir / "finetuned.featx")

@@ -14,6 +14,7 @@ from ..errors import BadInputError
 
 STRATEGIES = ("full", "freeze", "llrd", "gradual", "lp-ft")
 BATCHNORM = ("frozen", "update")
+ADAPT = ("adabn", "dann")
 
 
 # -- the network: backbone encoder + (L2 normalisation) + linear head -------------------------------
@@ -55,9 +56,12 @@ def build_network(backbone: TorchBackbone, n_classes: int):
             self.head = torch.nn.Linear(backbone.dim, n_classes)
             self.logit_scale = 1.0
 
+        def features(self, *inputs):
+            """The pooled, L2-normalised features the head reads."""
+            return torch.nn.functional.normalize(backbone.forward(*inputs).float(), dim=1)
+
         def forward(self, *inputs):
-            features = torch.nn.functional.normalize(backbone.forward(*inputs).float(), dim=1)
-            return self.head(self.logit_scale * features)
+            return self.head(self.logit_scale * self.features(*inputs))
 
     return Network()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import sys
@@ -79,8 +80,76 @@ def _split(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.nd
     return train_test_split(np.arange(len(y)), test_size=val_size, stratify=y, random_state=seed)
 
 
-def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y):
-    """The training loop behind ``FineTunedClassifier.fit``; returns the best network and its record."""
+@functools.cache
+def _gradient_reversal():
+    """The layer between the features and DANN's domain classifier (Ganin & Lempitsky 2015): identity
+    forward, gradient times ``-weight`` backward.  torch has none built in, hence this class."""
+    import torch
+
+    class GradientReversal(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight: float):
+            ctx.weight = weight
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return -ctx.weight * grad, None
+
+    return GradientReversal
+
+
+def reverse_gradient(features, weight: float = 1.0):
+    """``features`` unchanged, their gradient multiplied by ``-weight`` on the way back.
+
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> reverse_gradient(x, 0.5).sum().backward()
+    >>> x.grad.tolist()
+    [-0.5, -0.5]
+    """
+    return _gradient_reversal().apply(features, weight)
+
+
+def _domain_classifier(dim: int):
+    """The small network DANN trains to tell source features from target features."""
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(dim, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+
+
+def batchnorm_layers(network) -> list:
+    import torch
+
+    return [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def adapt_batchnorm(network, backbone: TorchBackbone, X_target, batch_size: int, device: str) -> None:
+    """AdaBN (Li et al. 2016): every BatchNorm layer's running mean and variance re-estimated on
+    ``X_target`` (the average over its batches, without augmentation); weights untouched."""
+    import torch
+
+    data = _Batches(backbone, X_target, augment=False)
+    layers = batchnorm_layers(network)
+    momenta = [m.momentum for m in layers]
+    network.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the target batches
+        layer.train()
+    # batches of near-equal sizes (each counts the same in the average; none of one sample while n >= 2)
+    with torch.no_grad():
+        for chunk in np.array_split(np.arange(len(data)), math.ceil(len(data) / batch_size)):
+            network(*[t.to(device) for t in data.make(chunk, train=False)])
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    network.eval()
+
+
+def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y, X_target=None):
+    """The training loop behind ``FineTunedClassifier.fit``; returns the best network and its record.
+    With ``est.adapt == "dann"``, each step also trains a domain classifier on source and ``X_target``
+    features behind a gradient-reversal layer."""
     import torch
 
     from ..backbones.base import resolve_device
@@ -97,6 +166,9 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
     device = resolve_device(est.device)
     backbone.to(device)
     network = build_network(backbone, len(classes)).to(device)
+    if est.adapt == "adabn" and not batchnorm_layers(network):
+        raise BadInputError(f"adapt='adabn' re-estimates BatchNorm statistics, but backbone {backbone.name!r} has no "
+                            f"BatchNorm layer: use adapt='dann', or adapt=None")
     if est.strategy == "lp-ft":
         head_from_probe(network.head, probe.head_, classes)
     else:  # a random head on unit-norm features starts with logits near 0 and grows them too slowly (one
@@ -104,11 +176,16 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
     head_lr = est.head_lr if est.head_lr is not None else (est.lr if est.strategy == "lp-ft" else est.lr * 10)
     the_plan = plan(est.strategy, network, backbone, epochs=est.epochs, lr=est.lr, head_lr=head_lr,
                     freeze_blocks=est.freeze_blocks, layer_decay=est.layer_decay, unfreeze_every=est.unfreeze_every)
-    optimizer = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in the_plan.groups],
-                                  weight_decay=est.weight_decay)
+    groups = [{"params": g["params"], "lr": g["lr"]} for g in the_plan.groups]
+    dann = est.adapt == "dann"
+    if dann:
+        domain_classifier = _domain_classifier(backbone.dim).to(device)
+        groups.append({"params": list(domain_classifier.parameters()), "lr": head_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=est.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     augment = backbone.modality == "image" if est.augment is None else est.augment
     data = _Batches(backbone, X, augment)
+    target_data = _Batches(backbone, X_target, augment) if dann else None
     batch_size, grad_accum = est.batch_size, est.grad_accum
     steps_per_epoch = math.ceil(len(train_idx) / (batch_size * grad_accum))
     total = steps_per_epoch * est.epochs
@@ -140,6 +217,9 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
         for name, param in network.named_parameters():
             param.requires_grad_(name in the_plan.trainable_at[epoch])
         set_train_mode(network, est.batchnorm)
+        if dann:
+            domain_classifier.train()
+        domain_running = 0.0
         order = rng.permutation(train_idx)
         if est.batchnorm == "update" and len(order) % batch_size == 1:
             order = order[:-1]  # BatchNorm cannot compute statistics of one sample; it rejoins next epoch
@@ -151,8 +231,17 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
             chunk = order[lo:lo + batch_size]
             inputs = [t.to(device, non_blocking=True) for t in data.make(chunk, train=True)]
             with torch.autocast(device_type, dtype=amp_dtype, enabled=use_amp):
-                logits = network(*inputs).float()
+                if dann:
+                    features = network.features(*inputs)
+                    logits = network.head(network.logit_scale * features).float()
+                else:
+                    logits = network(*inputs).float()
             loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(target[chunk], device=device))
+            if dann:
+                domain_loss = _domain_loss(network, domain_classifier, features, target_data, len(chunk), rng,
+                                           device, weight=2.0 / (1.0 + math.exp(-10.0 * step / total)) - 1.0)
+                domain_running += domain_loss.item() * len(chunk)
+                loss = loss + domain_loss
             scaler.scale(loss / grad_accum).backward()
             running += loss.item() * len(chunk)
             if (b + 1) % grad_accum == 0 or lo + batch_size >= len(order):
@@ -169,7 +258,9 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
         val_loss, val_acc = evaluate(val_idx)
         row = {"epoch": epoch, "train_loss": running / len(order), "val_loss": val_loss, "val_accuracy": val_acc,
                "trainable_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
-               "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
+               "lr": optimizer.param_groups[len(the_plan.groups) - 1]["lr"], "seconds": time.perf_counter() - t0}
+        if dann:
+            row["domain_loss"] = domain_running / len(order)
         history.append(row)
         if est.progress:
             print(f"{label}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  val acc {val_acc:.4f}  "
@@ -186,3 +277,16 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
     network.head.weight.mul_(network.logit_scale)  # the same logits from the plain unit-norm features
     network.logit_scale = 1.0
     return network, history, best[2], val_idx
+
+
+def _domain_loss(network, domain_classifier, source_features, target_data: _Batches, n: int, rng, device: str,
+                 weight: float):
+    """DANN's domain term: ``n`` random target samples through the encoder, both feature sets through the
+    gradient reversal (``weight`` ramps 0 → 1 as in Ganin & Lempitsky) into the domain classifier."""
+    import torch
+
+    chunk = rng.choice(len(target_data), size=n, replace=len(target_data) < n)
+    target_features = network.features(*[t.to(device) for t in target_data.make(chunk, train=True)])
+    features = reverse_gradient(torch.cat([source_features, target_features.float()]), weight)
+    domains = torch.cat([torch.zeros(len(source_features)), torch.ones(len(target_features))]).to(device)
+    return torch.nn.functional.binary_cross_entropy_with_logits(domain_classifier(features).squeeze(1), domains)
