@@ -200,3 +200,47 @@ def test_knn_balanced_votes_are_weighted_by_inverse_frequency():
     # 4 'a' votes weighted 6/(2*4) = 0.75 and 2 'b' votes weighted 6/(2*2) = 1.5: a tie
     np.testing.assert_allclose(head.predict_proba(Z[:1]), [[0.5, 0.5]])
     np.testing.assert_allclose(make_head("knn", n_neighbors=6).fit(Z, y).predict_proba(Z[:1]), [[4 / 6, 2 / 6]])
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+
+def test_sweep_detects_a_continuous_target_and_ranks_by_r2(cache_dir):
+    X, y = numbers(40)
+    result = featx.sweep(X, y, backbones=[NumberBackbone()], heads=["ridge", "knn"], cv=3, test_size=0.25,
+                         cache_dir=cache_dir, progress=False)
+    assert result.manifest["task"] == "regression" and [r["head"] for r in result.leaderboard][0] == "ridge"
+    r2 = [r["cv_r2"] for r in result.leaderboard]
+    assert r2 == sorted(r2, reverse=True) and r2[0] > 0.99
+    assert result.leaderboard[0]["cv_mae"] < 0.2 and result.leaderboard[0]["test_r2"] > 0.99
+    assert np.isfinite(result.leaderboard[0]["score_logme"])
+    assert isinstance(result.best_, featx.TransferRegressor) and result.best_.score(X, y) > 0.99
+    assert "cv R²" in result.table()
+
+
+def test_sweep_task_regression_on_integer_targets_and_bad_scoring(cache_dir):
+    X, _ = numbers(30)
+    counts = np.arange(30) % 7  # whole numbers: read as classes unless task="regression"
+    result = featx.sweep(X, counts, backbones=[NumberBackbone()], heads=["ridge"], cv=3, task="regression",
+                         cache_dir=cache_dir, progress=False)
+    assert result.manifest["task"] == "regression" and "cv_r2" in result.leaderboard[0]
+    with pytest.raises(BadInputError, match="scoring='f1'"):
+        featx.sweep(X, counts, backbones=[NumberBackbone()], scoring="f1", cache_dir=cache_dir, progress=False)
+
+
+def test_sweep_scoring_picks_settings_and_ranks_by_the_metric(cache_dir):
+    texts = [f"t{i}" for i in range(72)]
+    Z, y = imbalanced()
+
+    class FixedBackbone(CountingTextBackbone):
+        def embed_batch(self, items):
+            return np.hstack([Z[[int(t[1:]) for t in items]], np.zeros((len(items), 6))]).astype(np.float32)
+
+    common = dict(backbones=[FixedBackbone()], heads=["svm", "knn"], cv=3, cache_dir=cache_dir, progress=False,
+                  grids={"svm": {"kernel": ["rbf"], "class_weight": [None, "balanced"]}, "knn": {"n_neighbors": [5]}})
+    by_accuracy = featx.sweep(texts, y, **common)
+    by_f1 = featx.sweep(texts, y, scoring="f1_macro", **common)
+    f1s = [r["cv_macro_f1"] for r in by_f1.leaderboard]
+    assert f1s == sorted(f1s, reverse=True) and by_f1.manifest["metric"] == "f1_macro"
+    svm = {r["head"]: r for r in by_f1.leaderboard}["svm"]
+    assert svm["params"]["class_weight"] == "balanced"  # the macro-F1 winner of the grid
+    assert {r["head"]: r for r in by_accuracy.leaderboard}["svm"]["cv_macro_f1"] <= svm["cv_macro_f1"]
