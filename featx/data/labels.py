@@ -96,6 +96,9 @@ def multilabel_or_none(y: Any, n: int):
             raise BadInputError(f"y has shape {Y.shape} but holds values other than 0/1: a multi-label indicator "
                                 f"matrix has one 0/1 column per label (for multi-output regression, fit one "
                                 f"featx.TransferRegressor per column)")
+        if not Y.any():
+            raise BadInputError(f"y is a multi-label indicator matrix of shape {Y.shape} with no label set (all 0): "
+                                f"mark each sample's labels with 1")
         return Y.astype(np.int64), None
     if isinstance(y, np.ndarray) or not isinstance(y, (list, tuple)):
         return None
