@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Backbone": "backbones.base", "TorchBackbone": "backbones.base", "TimmBackbone": "backbones.timm",
     "HFBackbone": "backbones.hf", "digest": "_fs", "file_digest": "_fs", "EmbeddingCache": "cache", "Store": "cache",
-    "Embedder": "estimators", "TransferClassifier": "estimators", "extract": "extraction.pipeline",
+    "Embedder": "estimators", "TransferClassifier": "estimators", "TransferRegressor": "estimators", "extract": "extraction.pipeline",
     "Extraction": "extraction.pipeline", "ExtractStats": "extraction.pipeline", "hookimpl": "plugins.hookspecs", "finetune": "finetuning.run",
     "FineTunedClassifier": "finetuning.estimator", "FineTuneResult": "finetuning.run", "sweep": "selection.sweep",
     "SweepResult": "selection.sweep", "load": "persist", "save": "persist", "create_backbone": "plugins.registry",
@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name load
     from .cache import EmbeddingCache, Store
     from .errors import (BadInputError, CacheError, FeatxError, PluginError, RandomInitWarning,
                          UnknownBackboneError, UnknownHeadError)
-    from .estimators import Embedder, TransferClassifier
+    from .estimators import Embedder, TransferClassifier, TransferRegressor
     from .extraction.pipeline import Extraction, ExtractStats, extract
     from .finetuning.estimator import FineTunedClassifier
     from .finetuning.run import FineTuneResult, finetune

@@ -489,6 +489,7 @@ def run_curves(tasks: Sequence[Task], *, draws: int = 5, cache_dir=None, out_dir
     print(f"The curves then cost head fits only, no forward pass: {distinct} distinct training sets, each fitted "
           f"by featx and by the baseline, in {time.perf_counter() - t0:.1f} s (baseline features included).")
     print(_format_table(points, tasks))
+    print(_balanced_table(plans, embeddings, points))
     png = _plot_curves(points, tasks)
     for name, data in (("curves.png", png), ("results.md", _markdown_table(points, tasks).encode()),
                        ("index.html", _html_page(points, tasks, embeddings, "curves.png").encode())):
@@ -500,6 +501,21 @@ def run_curves(tasks: Sequence[Task], *, draws: int = 5, cache_dir=None, out_dir
           + ("; nothing re-embedded." if embedded == 0 else "; run it again: every embedding comes from the cache."))
     print(f"wrote {out / 'curves.png'}, {out / 'results.md'}, {out / 'index.html'}")
     return points
+
+
+def _balanced_table(plans, embeddings: Sequence[Embedding], points: Sequence[Point]) -> str:
+    """featx's macro-F1 with the head unweighted (the curves above) and with ``class_weight="balanced"``."""
+    from .heads import make_head
+
+    plain = {(p.task, p.size): p for p in points if p.method.startswith("featx")}
+    lines = ['\nfeatx macro-F1, logreg head unweighted vs class_weight="balanced" (same draws; accuracy in brackets):']
+    for (task, train_sets), embedding in zip(plans, embeddings):
+        balanced = learning_curve(task, Method("balanced", embedding.vectors,
+                                               lambda: make_head("logreg", class_weight="balanced")), train_sets)
+        lines.append(f"  {task.name}: " + ", ".join(
+            f"{b.size} {plain[task.name, b.size].macro_f1.mean():.3f} -> {b.macro_f1.mean():.3f} "
+            f"({plain[task.name, b.size].accuracy.mean():.3f} -> {b.accuracy.mean():.3f})" for b in balanced))
+    return "\n".join(lines)
 
 
 def run_demo(cache_dir=None, quick: bool = False, out_dir="runs/demo") -> int:

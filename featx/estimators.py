@@ -1,6 +1,7 @@
-"""scikit-learn estimators: ``Embedder`` (a transformer) and ``TransferClassifier`` (backbone + head).
+"""scikit-learn estimators: ``Embedder`` (a transformer), ``TransferClassifier`` and
+``TransferRegressor`` (backbone + head).
 
-Both take a backbone name (``"auto"``, the default, picks a pretrained one by what X holds:
+All take a backbone name (``"auto"``, the default, picks a pretrained one by what X holds:
 ``"timm/tf_efficientnet_lite0"`` for images, ``"hf/all-MiniLM-L6-v2"`` for texts) or a
 ``featx.Backbone`` instance, and embed through the content-addressed cache.
 
@@ -20,14 +21,14 @@ from numbers import Integral
 from typing import Any, Iterator
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones.base import Backbone
 from .data.samples import INPUTS, infer_modality, sample_list
-from .data.labels import labels_or_raise
+from .data.labels import labels_or_raise, multilabel_or_none, regression_targets_or_raise
 from .errors import BadInputError, RandomInitWarning, validate_params
 from .extraction.pipeline import Extraction, extract
 from .heads import make_head
@@ -298,59 +299,27 @@ class Embedder(_Embeds, TransformerMixin, BaseEstimator):
         return tags
 
 
-class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
-    """A classifier head trained on cached backbone embeddings.
+class _TransferModel(_Embeds):
+    """What ``TransferClassifier`` and ``TransferRegressor`` share: a head fitted on cached embeddings.
 
-    Parameters
-    ----------""" + _SHARED_DOC + """    head : str or scikit-learn classifier, default "logreg"
-        ``"logreg"``, ``"svm"``, ``"mlp"``, ``"knn"`` (see ``featx.heads``) or any scikit-learn
-        classifier instance.
-    head_params : dict, optional
-        Parameters of the head (``{"C": 0.1}``).
-    adapt : {"coral", "sa", "self-training", "auto"}, skada adapter or None, default None
-        Domain adaptation to the unlabelled ``X_target`` given to ``fit`` (see docs/shift.md):
-        ``"coral"`` (second-order statistics aligned), ``"sa"`` (subspace alignment),
-        ``"self-training"`` (confident pseudo-labels of X_target, refit, repeat), ``"auto"`` (the
-        one an unsupervised scorer prefers, ``"none"`` unless an adapter scores higher) or a skada
-        adapter instance.  ``predict`` then takes samples of the target domain.
-
-    Attributes
-    ----------
-    backbone_ : Backbone
-        The backbone it embeds with.
-    backbone_name_, fingerprint_ : str
-        Its name and fingerprint (``featx.load`` checks the fingerprint).
-    head_ : estimator
-        The fitted head.
-    classes_ : ndarray
-        The class labels.
-    adapt_ : str or estimator
-        The adaptation used: ``"none"`` without ``adapt``, what ``"auto"`` chose with it.
-    adapt_scores_ : dict
-        With ``adapt="auto"``: the unsupervised score of each candidate (greater is better).
-
-    predict, predict_proba and score change no state.  For what an extraction did (samples
-    cached, embedded, unreadable), call ``featx.extract(model.backbone_, X, errors="skip")``.
-
-    >>> clf = TransferClassifier(head="logreg")            # doctest: +SKIP
-    >>> clf.fit(texts, labels).predict(["a new text"])     # doctest: +SKIP
+    Subclasses say what the head predicts (``_task``), how targets are checked (``_targets``)
+    and what the fitted head adds (``_fitted``).
     """
 
+    _task = "classification"
     _parameter_constraints = {
         **_Embeds._parameter_constraints,
         "head": [str, HasMethods(["fit", "predict"])],
         "head_params": [dict, None],
-        "adapt": [StrOptions({"coral", "sa", "self-training", "auto"}), HasMethods(["fit_transform"]), None],
     }
 
-    def __init__(self, backbone: str | Backbone = "auto", head: Any = "logreg", *, head_params: dict | None = None,
-                 adapt: Any = None, backbone_options: dict | None = None, input: str = "auto", view: str | None = None, cache_dir=None,
+    def __init__(self, backbone: str | Backbone = "auto", head: Any = None, *, head_params: dict | None = None,
+                 backbone_options: dict | None = None, input: str = "auto", view: str | None = None, cache_dir=None,
                  batch_size: int | None = None, device: str = "auto", num_workers: int = 0, engine: str = "local",
                  cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
         self.backbone = backbone
         self.head = head
         self.head_params = head_params
-        self.adapt = adapt
         self.backbone_options = backbone_options
         self.input = input
         self.view = view
@@ -363,61 +332,50 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         self.errors = errors
         self.progress = progress
 
-    def fit(self, X, y, X_target=None) -> "TransferClassifier":
+    def _targets(self, y, n: int) -> tuple[np.ndarray, dict]:
+        """The checked targets as the head takes them, and fitted attributes they define."""
+        raise NotImplementedError
+
+    def _new_head(self, y: np.ndarray | None = None):
+        """A fresh head for targets ``y`` (``None``: the head the parameters name, unchecked targets)."""
+        return make_head(self.head, self._task, **(self.head_params or {}))
+
+    def fit(self, X, y):
         """Embed X (through the cache) and fit the head.
 
         Parameters
         ----------
         X : list of samples
             Texts, or image paths / PIL images / uint8 arrays (a pandas Series is fine).
-        y : array-like of shape (n_samples,)
-            One class label per sample.
-        X_target : list of samples, optional
-            Unlabelled samples of the domain the model will predict on, embedded through the same
-            cache; required by ``adapt`` and refused without it.
+        y : array-like
+            The targets (see the class's description).
 
         Returns
         -------
         self
         """
+        return self._fit(X, y)
+
+    def _fit(self, X, y, X_target=None):
         validate_params(self)
         X = sample_list(X)
-        y = labels_or_raise(y, len(X))
-        head = make_head(self.head, **(self.head_params or {}))  # a wrong head fails before any embedding
+        y, attributes = self._targets(y, len(X))
+        head = self._new_head(y)  # a wrong head fails before any embedding
         backbone = self._named_backbone(X)
-        if (X_target is None) != (self.adapt is None):
+        adapt = getattr(self, "adapt", None)
+        if (X_target is None) != (adapt is None):
             raise BadInputError("X_target is given but adapt=None: pass adapt='coral', 'sa', 'self-training' or "
-                                "'auto' to use it" if self.adapt is None else
-                                f"adapt={self.adapt!r} needs X_target: pass fit(X, y, X_target=<unlabelled samples "
+                                "'auto' to use it" if adapt is None else
+                                f"adapt={adapt!r} needs X_target: pass fit(X, y, X_target=<unlabelled samples "
                                 f"of the new domain>)")
+        if adapt is not None and y.ndim != 1:
+            raise BadInputError(f"adapt={adapt!r} adapts single-label classifiers; multi-label targets: adapt=None")
         Z_target = None if X_target is None else self._target_vectors(backbone, X, X_target)
         result = self._extract(backbone, X)
         Z, y = (result.vectors, y) if result.ok.all() else (result.vectors[result.ok], y[result.ok])
-        self._fit_head(head, backbone, Z, y, Z_target)
+        self._fit_head(head, backbone, Z, y, attributes, Z_target)
         self._warn_if_random(backbone)
         return self
-
-    def fit_embeddings(self, Z: np.ndarray, y) -> "TransferClassifier":
-        """Fit the head on embeddings already computed with this backbone (used by sweeps).
-
-        Parameters
-        ----------
-        Z : ndarray of shape (n_samples, dim)
-            Vectors from ``featx.extract`` with the backbone the parameters name.
-        y : array-like of shape (n_samples,)
-            Class labels.
-
-        Returns
-        -------
-        self
-        """
-        validate_params(self)
-        if isinstance(self.backbone, str) and self.backbone == "auto":
-            raise BadInputError('fit_embeddings needs the backbone the embeddings came from, not backbone="auto"')
-        if self.adapt is not None:
-            raise BadInputError(f"fit_embeddings does not adapt: use fit(X, y, X_target=...) with adapt={self.adapt!r}")
-        head = make_head(self.head, **(self.head_params or {}))
-        return self._fit_head(head, resolve_backbone(self.backbone, self.backbone_options), Z, np.asarray(y))
 
     def _target_vectors(self, backbone: Backbone, X: list, X_target) -> np.ndarray:
         """X_target's vectors (unreadable samples left out with ``errors="skip"``), checked to be of X's kind."""
@@ -432,21 +390,46 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         result = self._extract(backbone, X_target)
         return result.vectors[result.ok]
 
-    def _fit_head(self, head, backbone: Backbone, Z: np.ndarray, y: np.ndarray,
-                  Z_target: np.ndarray | None = None) -> "TransferClassifier":
+    def fit_embeddings(self, Z: np.ndarray, y):
+        """Fit the head on embeddings already computed with this backbone (used by sweeps).
+
+        Parameters
+        ----------
+        Z : ndarray of shape (n_samples, dim)
+            Vectors from ``featx.extract`` with the backbone the parameters name.
+        y : array-like
+            The targets.
+
+        Returns
+        -------
+        self
+        """
+        validate_params(self)
+        if isinstance(self.backbone, str) and self.backbone == "auto":
+            raise BadInputError('fit_embeddings needs the backbone the embeddings came from, not backbone="auto"')
+        if getattr(self, "adapt", None) is not None:
+            raise BadInputError(f"fit_embeddings does not adapt: use fit(X, y, X_target=...) with adapt={self.adapt!r}")
+        y, attributes = self._targets(y, len(Z))
+        backbone = resolve_backbone(self.backbone, self.backbone_options)
+        return self._fit_head(self._new_head(y), backbone, Z, y, attributes)
+
+    def _fit_head(self, head, backbone: Backbone, Z: np.ndarray, y: np.ndarray, attributes: dict,
+                  Z_target: np.ndarray | None = None):
+        for name, value in attributes.items():
+            setattr(self, name, value)
         if Z_target is None:
-            self.head_, self.adapt_ = head.fit(Z, y), "none"
+            self.head_ = head.fit(Z, y)
         else:
             from .shift.adapt import AdaptedHead
 
             self.head_ = AdaptedHead(head, self.adapt).fit(Z, y, Z_target)
-            self.adapt_ = self.head_.adapt_
-            if hasattr(self.head_, "adapt_scores_"):
-                self.adapt_scores_ = self.head_.adapt_scores_
-        self.classes_ = self.head_.classes_
+        self._fitted()
         self.n_features_in_ = Z.shape[1]
         self._set_backbone(backbone)
         return self
+
+    def _fitted(self) -> None:
+        """Attributes taken from the fitted head (none by default)."""
 
     def _embed_for_predict(self, X) -> np.ndarray:
         check_is_fitted(self, "head_")
@@ -455,8 +438,8 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
             raise BadInputError("cannot predict unreadable samples: " + "; ".join(result.stats.failed))
         return result.vectors
 
-    def predict(self, X) -> np.ndarray:
-        """The predicted class of each sample.
+    def predict(self, X):
+        """The prediction for each sample.
 
         Parameters
         ----------
@@ -464,13 +447,149 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n_samples,)
+        ndarray of shape (n_samples,), or the multi-label form of ``y`` (see the class)
         """
         Z = self._embed_for_predict(X)
         return self.head_.predict(Z)
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
+
+
+class TransferClassifier(_TransferModel, ClassifierMixin, BaseEstimator):
+    """A classifier head trained on cached backbone embeddings.
+
+    ``y`` is one class label per sample, or multi-label: a list of label lists (read as
+    scikit-learn's ``MultiLabelBinarizer`` does; ``predict`` returns tuples of labels) or a 2-D
+    0/1 indicator matrix (``predict`` returns one).  Multi-label targets train one head per
+    label (one-vs-rest); ``predict_proba`` then gives each label's probability and ``score`` the
+    subset accuracy (every label of a sample right).
+
+    Parameters
+    ----------""" + _SHARED_DOC + """    head : str or scikit-learn classifier, default "logreg"
+        ``"logreg"``, ``"svm"``, ``"mlp"``, ``"knn"`` (see ``featx.heads``) or any scikit-learn
+        classifier instance.
+    head_params : dict, optional
+        Parameters of the head (``{"C": 0.1}``, ``{"class_weight": "balanced"}``).
+    adapt : {"coral", "sa", "self-training", "auto"}, skada adapter or None, default None
+        Domain adaptation to the unlabelled ``X_target`` given to ``fit`` (see docs/shift.md):
+        ``"coral"`` (second-order statistics aligned), ``"sa"`` (subspace alignment),
+        ``"self-training"`` (confident pseudo-labels of X_target, refit, repeat), ``"auto"`` (the
+        one an unsupervised scorer prefers, ``"none"`` unless an adapter scores higher) or a skada
+        adapter instance.  ``predict`` then takes samples of the target domain.
+
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The backbone it embeds with.
+    backbone_name_, fingerprint_ : str
+        Its name and fingerprint (``featx.load`` checks the fingerprint).
+    head_ : estimator
+        The fitted head (a ``OneVsRestClassifier`` of heads for multi-label targets).
+    classes_ : ndarray
+        The class labels (multi-label: the labels, or the column numbers of an indicator matrix).
+    multilabel_ : bool
+        Whether it was fitted on multi-label targets.
+    label_binarizer_ : MultiLabelBinarizer or None
+        For targets given as label lists: the binarizer that reads and writes them.
+    adapt_ : str or estimator
+        The adaptation used: ``"none"`` without ``adapt``, what ``"auto"`` chose with it.
+    adapt_scores_ : dict
+        With ``adapt="auto"``: the unsupervised score of each candidate (greater is better).
+
+    predict, predict_proba and score change no state.  For what an extraction did (samples
+    cached, embedded, unreadable), call ``featx.extract(model.backbone_, X, errors="skip")``.
+
+    >>> clf = TransferClassifier(head="logreg")            # doctest: +SKIP
+    >>> clf.fit(texts, labels).predict(["a new text"])     # doctest: +SKIP
+    >>> clf.fit(texts, [["sports"], ["sports", "politics"], []]).predict(["a new text"])  # doctest: +SKIP
+    [('sports',)]
+    """
+
+    _parameter_constraints = {
+        **_TransferModel._parameter_constraints,
+        "adapt": [StrOptions({"coral", "sa", "self-training", "auto"}), HasMethods(["fit_transform"]), None],
+    }
+
+    def __init__(self, backbone: str | Backbone = "auto", head: Any = "logreg", *, head_params: dict | None = None,
+                 adapt: Any = None, backbone_options: dict | None = None, input: str = "auto", view: str | None = None,
+                 cache_dir=None, batch_size: int | None = None, device: str = "auto", num_workers: int = 0,
+                 engine: str = "local", cache_dtype: str = "float32", errors: str = "raise",
+                 progress: bool = False) -> None:
+        super().__init__(backbone, head, head_params=head_params, backbone_options=backbone_options, input=input,
+                         view=view, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                         num_workers=num_workers, engine=engine, cache_dtype=cache_dtype, errors=errors,
+                         progress=progress)
+        self.adapt = adapt
+
+    def fit(self, X, y, X_target=None) -> "TransferClassifier":
+        """Embed X (through the cache) and fit the head.
+
+        Parameters
+        ----------
+        X : list of samples
+            Texts, or image paths / PIL images / uint8 arrays (a pandas Series is fine).
+        y : array-like
+            One class label per sample, or multi-label targets (see the class's description).
+        X_target : list of samples, optional
+            Unlabelled samples of the domain the model will predict on, embedded through the same
+            cache; required by ``adapt`` and refused without it.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, X_target)
+
+    def _targets(self, y, n: int) -> tuple[np.ndarray, dict]:
+        multilabel = multilabel_or_none(y, n)
+        if multilabel is None:
+            return labels_or_raise(y, n), {"multilabel_": False, "label_binarizer_": None}
+        return multilabel[0], {"multilabel_": True, "label_binarizer_": multilabel[1]}
+
+    def _new_head(self, y: np.ndarray | None = None):
+        head = super()._new_head()
+        if y is None or y.ndim == 1:
+            return head
+        from sklearn.multiclass import OneVsRestClassifier
+
+        if isinstance(getattr(head, "class_weight", None), dict):
+            raise BadInputError(
+                "class_weight is a dict of classes, but with multi-label targets each label is its own yes/no "
+                "problem: use head_params={'class_weight': 'balanced'} (weights each label's yes and no), or none")
+        return OneVsRestClassifier(head)
+
+    def _fitted(self) -> None:
+        self.adapt_ = getattr(self.head_, "adapt_", "none")
+        if hasattr(self.head_, "adapt_scores_"):
+            self.adapt_scores_ = self.head_.adapt_scores_
+        if self.label_binarizer_ is not None:
+            self.classes_ = self.label_binarizer_.classes_
+        elif self.multilabel_:
+            self.classes_ = np.arange(len(self.head_.estimators_))
+        else:
+            self.classes_ = self.head_.classes_
+
+    def predict(self, X):
+        """The predicted class of each sample (multi-label: its labels, in the form ``y`` was given).
+
+        Parameters
+        ----------
+        X : list of samples
+
+        Returns
+        -------
+        ndarray of shape (n_samples,); multi-label: a 0/1 ndarray of shape (n_samples, n_labels),
+        or a list of label tuples for targets given as label lists
+        """
+        predicted = super().predict(X)
+        return self.label_binarizer_.inverse_transform(predicted) if self.label_binarizer_ is not None else predicted
+
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes_``.
+        """Class probabilities, columns in the order of ``classes_`` (multi-label: each label's own).
 
         Parameters
         ----------
@@ -498,8 +617,65 @@ class TransferClassifier(_Embeds, ClassifierMixin, BaseEstimator):
         Z = self._embed_for_predict(X)
         return self.head_.decision_function(Z)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        return tags
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy on ``(X, y)``; for multi-label targets the subset accuracy (all labels right).
+
+        Parameters
+        ----------
+        X : list of samples
+        y : array-like
+            True labels, in the form given to ``fit``.
+        sample_weight : array-like, optional
+
+        Returns
+        -------
+        float
+        """
+        from sklearn.metrics import accuracy_score
+
+        check_is_fitted(self, "head_")
+        if not self.multilabel_:
+            return super().score(X, y, sample_weight)
+        truth = self.label_binarizer_.transform(y) if self.label_binarizer_ is not None else np.asarray(y)
+        Z = self._embed_for_predict(X)
+        return float(accuracy_score(truth, self.head_.predict(Z), sample_weight=sample_weight))
+
+
+class TransferRegressor(_TransferModel, RegressorMixin, BaseEstimator):
+    """A regression head trained on cached backbone embeddings: one number per sample.
+
+    ``score`` is R² (the coefficient of determination).
+
+    Parameters
+    ----------""" + _SHARED_DOC + """    head : str or scikit-learn regressor, default "ridge"
+        ``"ridge"``, ``"svr"``, ``"knn"``, ``"mlp"`` (see ``featx.heads.REGRESSION_HEADS``) or any
+        scikit-learn regressor instance.
+    head_params : dict, optional
+        Parameters of the head (``{"alpha": 10.0}``).
+
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The backbone it embeds with.
+    backbone_name_, fingerprint_ : str
+        Its name and fingerprint (``featx.load`` checks the fingerprint).
+    head_ : estimator
+        The fitted head.
+
+    >>> reg = TransferRegressor(head="ridge")               # doctest: +SKIP
+    >>> reg.fit(texts, ratings).predict(["a new text"])     # doctest: +SKIP
+    """
+
+    _task = "regression"
+
+    def __init__(self, backbone: str | Backbone = "auto", head: Any = "ridge", *, head_params: dict | None = None,
+                 backbone_options: dict | None = None, input: str = "auto", view: str | None = None, cache_dir=None,
+                 batch_size: int | None = None, device: str = "auto", num_workers: int = 0, engine: str = "local",
+                 cache_dtype: str = "float32", errors: str = "raise", progress: bool = False) -> None:
+        super().__init__(backbone, head, head_params=head_params, backbone_options=backbone_options, input=input,
+                         view=view, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                         num_workers=num_workers, engine=engine, cache_dtype=cache_dtype, errors=errors,
+                         progress=progress)
+
+    def _targets(self, y, n: int) -> tuple[np.ndarray, dict]:
+        return regression_targets_or_raise(y, n), {}

@@ -30,7 +30,7 @@ OWN_STATE_FORMATS = ("featx-model-v1", FORMAT)  # a fine-tuned model's layout di
 LEGACY_NAMES = {"FineTunedClassifier": "featx.finetuning.estimator.FineTunedClassifier"}  # as featx-model-v1 named it
 MODEL = "model.skops"
 TRUSTED_PREFIXES = ("featx.heads.", "featx.shift.adapt.", "sklearn.", "numpy.", "scipy.", "skada.")  # skada: adapted heads
-TRUSTED_TYPES = ("featx.estimators.Embedder", "featx.estimators.TransferClassifier")
+TRUSTED_TYPES = ("featx.estimators.Embedder", "featx.estimators.TransferClassifier", "featx.estimators.TransferRegressor")
 
 
 def _write(path: Path, files: dict[str, bytes]) -> Path:

@@ -187,7 +187,8 @@ CASES = {
     # labels
     "2-D labels": lambda t: (fit_with(t, y=np.zeros((4, 2))), BadInputError, "multi-label"),
     "one-column labels": lambda t: (fit_with(t, y=np.zeros((4, 1))), BadInputError, "y.ravel()"),
-    "multi-label lists": lambda t: (fit_with(t, y=[["x", "y"], ["x"], ["y"], ["y"]]), BadInputError, "['x', 'y']"),
+    "multi-label lists mixed with labels": lambda t: (fit_with(t, y=[["x", "y"], "x", ["y"], ["y"]]), BadInputError,
+                                                      "row 1 is 'x'"),
     "continuous labels": lambda t: (fit_with(t, X=[f"t{i}" for i in range(30)], y=np.linspace(0.05, 3.1, 30)),
                                     BadInputError, "continuous (30 distinct float values"),
     "single class as a numpy str": lambda t: (fit_with(t, y=np.array(["sports"] * 4)), BadInputError, "single class 'sports'"),

@@ -60,6 +60,8 @@ class SweepResult:
 
     def table(self, limit: int | None = None) -> str:
         """The leaderboard as aligned text; rows of random-init backbones end in ``[random init]``."""
+        if self.manifest.get("task") == "regression":
+            return _regression_table(self.leaderboard[:limit])
         header = (f"{'#':>2} {'backbone':34s} {'view':8s} {'head':7s} {'cv acc':>14s} {'bal acc':>7s} {'macroF1':>7s} "
                   f"{'test':>6s} {'extract s':>9s} {'fit s':>6s}")
         lines = [header, "-" * len(header)]
@@ -280,7 +282,8 @@ def _selection(rank_by: str, cv_top_k, rows: list[dict], candidates: list[dict],
             "pick": pick, "exhaustive_pick": exhaustive, "same_pick": same}
 
 
-def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n_jobs) -> dict:
+def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n_jobs, metric: str = "accuracy") -> dict:
+    """Cross-validate every setting of ``head``'s grid; the setting best by ``metric`` (a ``METRICS`` key) wins."""
     from sklearn.model_selection import GridSearchCV
 
     import warnings
@@ -298,7 +301,7 @@ def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n
     if np.all(np.isnan(r["mean_test_accuracy"])):
         raise BadInputError(f"head {head_name(head)!r}: no setting of its grid could be fitted on {len(y)} samples "
                             f"with {folds.get_n_splits()} folds; give more data or a smaller grid")
-    best = int(np.nanargmax(r["mean_test_accuracy"]))
+    best = int(np.nanargmax(r[f"mean_test_{metric}"]))
     return {
         "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in r["params"][best].items()},
         "cv_accuracy": float(r["mean_test_accuracy"][best]), "cv_accuracy_std": float(r["std_test_accuracy"][best]),
@@ -337,8 +340,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
           cv: int = 5, grids: dict | None = None, views: bool = True, transferability: bool = True,
           cache_dir=None, run_dir=None, seed: int = 0, n_jobs: int | None = None, progress: bool = True,
           report: bool = True, engine: str = "local", source: dict | None = None, rank_by: str = "cv",
-          cv_top_k: int | None = None) -> SweepResult:
-    """Rank every backbone × view × head on ``(X, y)`` by cross-validated accuracy.
+          cv_top_k: int | None = None, scoring: str = "accuracy", task: str = "auto") -> SweepResult:
+    """Rank every backbone × view × head on ``(X, y)`` by cross-validated accuracy (or ``scoring``).
 
     Every argument is checked before anything is embedded.  With ``run_dir`` the results are saved
     first (``source.json``, ``leaderboard.csv``/``.json``, ``manifest.json``, ``best.featx``) and the
@@ -389,6 +392,13 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         score best, pick the winner among them by CV; the others get their scores only
         (``scored_only``).  ``selection`` compares with the exhaustive pick when every setup's CV
         result is in the cache.
+    scoring : {"accuracy", "balanced_accuracy", "f1_macro"}
+        The cross-validated metric that picks each head's setting and ranks the rows (all three
+        are reported).  For imbalanced classes, ``"balanced_accuracy"`` or ``"f1_macro"``.
+    task : {"auto", "classification", "regression"}
+        ``"auto"``: a regression when ``y`` is continuous (many distinct non-integer floats).  A
+        regression sweep (``sweep_regression``) ranks by CV R², reports MAE and scores
+        transferability with LogME's regression form.
 
     Returns
     -------
@@ -407,6 +417,12 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     from .transferability import (SCORES, STATIC, parameter_count, rank_agreement, rank_correlations, score_all,
                                   setup_key, static_prior)
 
+    metric = _scoring_metric(scoring)
+    if _is_regression(y, task):
+        return sweep_regression(X, y, backbones, heads, backbone_options=backbone_options, cv=cv, grids=grids,
+                                views=views, transferability=transferability, cache_dir=cache_dir, seed=seed,
+                                n_jobs=n_jobs, progress=progress, engine=engine, X_test=X_test, y_test=y_test,
+                                test_size=test_size, run_dir=run_dir)
     say = print if progress else (lambda *a, **k: None)
     heads = [heads] if isinstance(heads, str) else list(heads)
     if not heads:
@@ -468,7 +484,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     def cv_key(candidate, head):
         name = head_name(head)
         grid = (grids or {}).get(name)
-        return digest(candidate["base_key"], "head", name, repr(head) if not isinstance(head, str) else name, grid)
+        return digest(candidate["base_key"], "head", name, repr(head) if not isinstance(head, str) else name, grid,
+                      *(() if metric == "accuracy" else (metric,)))  # keys of accuracy runs unchanged
 
     if rank_by != "cv":
         candidates.sort(key=lambda c: -np.nan_to_num(c["scores"][rank_by], nan=-np.inf))  # stable: ties keep order
@@ -481,7 +498,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
             cv_result = results.get(head_key) if isinstance(head, str) else None
             cached_cv = cv_result is not None
             if cv_result is None:
-                cv_result = _grid_search(head, Z, y, folds, (grids or {}).get(name), n_jobs)
+                cv_result = _grid_search(head, Z, y, folds, (grids or {}).get(name), n_jobs, metric)
                 if isinstance(head, str):
                     results.put(head_key, cv_result)
             row = {"backbone": described["name"], "random_init": described["random_init"],
@@ -498,7 +515,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     scored_only = [{"backbone": c["described"]["name"], "view": c["view"], "random_init": c["described"]["random_init"],
                     **{f"score_{k}": v for k, v in c["scores"].items()}} for c in candidates[len(chosen):]]
 
-    rows.sort(key=lambda r: (-r["cv_accuracy"], r["cv_accuracy_std"]))
+    rows.sort(key=lambda r: (-r[f"cv_{metric}"], r["cv_accuracy_std"]))
     if rank_by != "cv" and cv_top_k is None:  # the score orders the setups, CV the heads within one
         order = {setup_key({"backbone": c["described"]["name"], "backbone_options": c["described"]["options"],
                             "view": c["view"]}): i for i, c in enumerate(candidates)}
@@ -526,7 +543,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         "cv_folds": folds.get_n_splits(), "test_size": test_size or None, "grids": grids, "views": views,
         "transferability": transferability, "seed": seed, "data_fingerprint": data_key, "n_train": len(y),
         "n_test": None if X_test is None else len(y_test), "classes": [str(c) for c in best.classes_],
-        "metric": "accuracy", "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_accuracy", "test_accuracy")},
+        "metric": scoring, "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_accuracy", "test_accuracy")},
     }
     manifest.update(rank_by=rank_by, cv_top_k=cv_top_k)
     result = SweepResult(rows, best, manifest, rank_correlations(rows), evaluation, source,
@@ -549,3 +566,162 @@ def _evaluation(y_true, predicted, classes, split: str) -> dict:
     return {"split": split, "labels": [str(c) for c in classes], "per_class": per_class,
             "matrix": confusion_matrix(y_true, predicted, labels=classes).tolist(),
             "accuracy": float(np.mean(np.asarray(y_true) == np.asarray(predicted)))}
+
+
+SCORINGS = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "f1_macro": "macro_f1"}
+
+
+def _scoring_metric(scoring) -> str:
+    """The ``METRICS`` key (and leaderboard column ``cv_<key>``) that ``scoring=`` ranks by."""
+    if scoring not in SCORINGS:
+        raise BadInputError(f"scoring={scoring!r} is not one of {', '.join(map(repr, SCORINGS))}: give e.g. "
+                            f"scoring=\"balanced_accuracy\" to rank imbalanced classes fairly")
+    return SCORINGS[scoring]
+
+
+def _is_regression(y, task) -> bool:
+    from ..data.labels import looks_continuous
+
+    if task not in ("auto", "classification", "regression"):
+        raise BadInputError(f"task={task!r} is not 'auto', 'classification' or 'regression'")
+    if task != "auto":
+        return task == "regression"
+    if getattr(y, "ndim", 1) != 1:
+        return False
+    try:
+        values = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return looks_continuous(values)
+
+
+REGRESSION_METRICS = {"r2": "r2", "mae": "neg_mean_absolute_error"}
+
+
+def sweep_regression(X, y, backbones: Sequence, heads: Sequence = ("ridge", "svr", "knn", "mlp"), *,
+                     backbone_options: dict | None = None, cv: int = 5, grids: dict | None = None, views: bool = True,
+                     transferability: bool = True, cache_dir=None, seed: int = 0, n_jobs: int | None = None,
+                     progress: bool = True, engine: str = "local", X_test=None, y_test=None,
+                     test_size: float | None = None, run_dir=None) -> SweepResult:
+    """Rank every backbone × view × regression head on a numeric target by cross-validated R².
+
+    ``featx.sweep`` calls it for a continuous ``y`` or ``task="regression"``.  Each row reports
+    ``cv_r2`` (± ``cv_r2_std``) and ``cv_mae``; with a test split (``X_test``/``y_test`` or
+    ``test_size``), ``test_r2`` and ``test_mae``.  The transferability score is LogME's
+    regression form (``score_logme``); ``correlations["logme"]`` is its Spearman correlation
+    with the best CV R² per backbone/view.  The winner ``best_`` is a fitted ``TransferRegressor``.
+    Reports (``run_dir``) are not written for regression sweeps yet.
+
+    Parameters
+    ----------
+    X, y : sequence, array-like
+        Samples and one number per sample.
+    backbones, backbone_options, cv, grids, views, transferability, cache_dir, seed, n_jobs, progress, engine
+        As for ``featx.sweep`` (``heads`` from ``featx.heads.REGRESSION_HEADS`` or scikit-learn
+        regressors; folds are shuffled k-fold).
+    X_test, y_test, test_size : optional
+        A test split, or the fraction of ``(X, y)`` to split off.
+    run_dir : None
+        Must be ``None``.
+
+    Returns
+    -------
+    SweepResult
+        Leaderboard (best R² first), the refitted ``TransferRegressor`` and the manifest.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.metrics import mean_absolute_error, r2_score
+    from sklearn.model_selection import GridSearchCV, KFold, train_test_split
+
+    from ..data.labels import regression_targets_or_raise
+    from ..data.samples import as_samples
+    from ..estimators import TransferRegressor, resolve_backbone
+    from ..extraction.pipeline import extract
+    from ..heads import REGRESSION_HEADS
+    from .transferability import logme_regression
+
+    if run_dir is not None:
+        raise BadInputError("run_dir: reports are not written for regression sweeps yet; give run_dir=None and "
+                            "save the winner with featx.save(result.best_, path)")
+    say = print if progress else (lambda *a, **k: None)
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    if not heads:
+        raise BadInputError("sweep needs at least one head: give heads=[\"ridge\", ...] (see featx.heads.REGRESSION_HEADS)")
+    for head in heads:
+        make_head(head, "regression")  # unknown names fail now, not after the extraction
+    specs = _specs(backbones, backbone_options)
+    _check_cv(cv)
+    _check_test_size(test_size)
+    y = regression_targets_or_raise(y, len(X))
+    if test_size:
+        if X_test is not None or y_test is not None:
+            raise BadInputError(f"test_size={test_size} and X_test/y_test were both given: give one of them")
+        train, test_idx = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed)
+        X, X_test = [X[i] for i in train], [X[i] for i in test_idx]
+        y, y_test = y[train], y[test_idx]
+    elif (X_test is None) != (y_test is None):
+        raise BadInputError("give both X_test and y_test, or neither")
+    if y_test is not None:
+        y_test = regression_targets_or_raise(y_test, len(X_test))
+    folds = KFold(n_splits=min(cv, len(y)), shuffle=True, random_state=seed)
+    rows, fitted, correlations = [], {}, {}
+    for spec, options in specs:
+        backbone = resolve_backbone(spec, options)
+        say(f"[sweep] {backbone.name}: extracting {len(X)} train" + (f" + {len(X_test)} test" if X_test is not None else ""))
+        train_vectors = extract(backbone, as_samples(X, backbone.modality), cache_dir=cache_dir, progress=progress,
+                                engine=engine)
+        test_vectors = (extract(backbone, as_samples(X_test, backbone.modality), cache_dir=cache_dir,
+                                progress=progress, engine=engine) if X_test is not None else None)
+        whole = [("all", slice(0, backbone.dim))]
+        view_items = whole + list(backbone.views.items()) if views and len(backbone.views) > 1 else whole
+        for view, columns in view_items:
+            Z = np.ascontiguousarray(train_vectors.vectors[:, columns])
+            scores = {"logme": logme_regression(Z, y)} if transferability else {}
+            for head in heads:
+                name = head_name(head)
+                grid = (grids or {}).get(name, REGRESSION_HEADS[head].grid if isinstance(head, str) else {})
+                t0 = time.perf_counter()
+                search = GridSearchCV(make_head(head, "regression"), grid, cv=folds, scoring=REGRESSION_METRICS,
+                                      refit="r2", n_jobs=n_jobs, error_score=np.nan).fit(Z, y)
+                r, best = search.cv_results_, search.best_index_
+                row = {"backbone": backbone.name, "view": view, "head": name,
+                       "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in r["params"][best].items()},
+                       "cv_r2": float(r["mean_test_r2"][best]), "cv_r2_std": float(r["std_test_r2"][best]),
+                       "cv_mae": float(-r["mean_test_mae"][best]), "fit_seconds": time.perf_counter() - t0,
+                       "test_r2": None, "test_mae": None, **{f"score_{k}": v for k, v in scores.items()}}
+                if test_vectors is not None:
+                    predicted = search.best_estimator_.predict(np.ascontiguousarray(test_vectors.vectors[:, columns]))
+                    row["test_r2"], row["test_mae"] = float(r2_score(y_test, predicted)), float(mean_absolute_error(y_test, predicted))
+                rows.append(row)
+                fitted[(backbone.name, view, name)] = (spec, options, head, Z)
+                say(f"[sweep]   {view:8s} {name:7s} cv R² {row['cv_r2']:.3f} ± {row['cv_r2_std']:.3f}  MAE {row['cv_mae']:.3g}"
+                    + (f"  test R² {row['test_r2']:.3f}" if row["test_r2"] is not None else ""))
+    rows.sort(key=lambda r: (-r["cv_r2"], r["cv_r2_std"]))
+    top = rows[0]
+    spec, options, head, Z = fitted[(top["backbone"], top["view"], top["head"])]
+    best = TransferRegressor(spec, head=head if isinstance(head, str) else make_head(head, "regression", **top["params"]),
+                             head_params=top["params"] if isinstance(head, str) else None, backbone_options=options,
+                             view=None if top["view"] == "all" else top["view"], cache_dir=cache_dir)
+    best.fit_embeddings(Z, y)
+    setups: dict[tuple, dict] = {}
+    for r in rows:  # best row per backbone/view (rows are sorted: the first one met)
+        setups.setdefault((r["backbone"], r["view"]), r)
+    if transferability and len(setups) >= 3:
+        values = [r["score_logme"] for r in setups.values()]
+        correlations["logme"] = float(spearmanr(values, [r["cv_r2"] for r in setups.values()]).statistic)
+    manifest = {"task": "regression", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "versions": _versions(), "heads": [head_name(h) for h in heads], "cv": int(cv), "seed": seed,
+                "n_train": len(y), "n_test": None if y_test is None else len(y_test), "metric": "r2",
+                "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_r2", "test_r2")}}
+    return SweepResult(rows, best, manifest, correlations)
+
+
+def _regression_table(rows: list[dict]) -> str:
+    header = f"{'#':>2} {'backbone':34s} {'view':8s} {'head':7s} {'cv R²':>14s} {'cv MAE':>9s} {'test R²':>7s} {'LogME':>8s}"
+    lines = [header, "-" * len(header)]
+    for rank, r in enumerate(rows, 1):
+        test = f"{r['test_r2']:.3f}" if r.get("test_r2") is not None else "-"
+        logme = f"{r['score_logme']:.3f}" if "score_logme" in r else "-"
+        lines.append(f"{rank:2d} {r['backbone'][:34]:34s} {r['view'][:8]:8s} {r['head'][:7]:7s} "
+                     f"{r['cv_r2']:.3f} ± {r['cv_r2_std']:.3f} {r['cv_mae']:9.3g} {test:>7s} {logme:>8s}")
+    return "\n".join(lines)

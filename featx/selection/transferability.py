@@ -4,7 +4,8 @@ No single score ranks backbones right on every dataset, so a sweep reports sever
 with each score's rank correlation to the cross-validated accuracy.
 
 - ``logme``   — LogME (You et al., 2021): log marginal evidence of a Bayesian linear model on the
-  features, per sample, averaged over one-vs-rest targets.  Higher is better.
+  features, per sample, averaged over one-vs-rest targets.  Higher is better.  ``logme_regression``
+  is its form for numeric targets (the evidence of the target itself), used by regression sweeps.
 - ``h_score`` — H-score (Bao et al., 2019): ``tr(cov(f)^-1 cov(E[f|y]))``, class separation relative
   to feature spread, with a Ledoit-Wolf shrunk ``cov(f)`` (Ibrahim et al., 2022) so that wide features
   and few samples do not inflate it.  Higher is better.
@@ -41,14 +42,31 @@ def _codes(y) -> tuple[np.ndarray, int]:
 
 def logme(F: np.ndarray, y, *, tol: float = 1e-3, max_iter: int = 100) -> float:
     """LogME of features ``F`` (n, d) for labels ``y``: mean per-sample log evidence over classes."""
-    F = np.asarray(F, dtype=np.float64)
     codes, k = _codes(y)
+    return _logme_evidence(F, [(codes == c).astype(np.float64) for c in range(k)], tol, max_iter)
+
+
+def logme_regression(F: np.ndarray, y, *, tol: float = 1e-3, max_iter: int = 100) -> float:
+    """LogME's regression form: the per-sample log evidence of the numeric target ``y`` itself
+    (one column, or the mean over the columns of a 2-D ``y``), as You et al. (2021) define it for
+    regression tasks.  Comparable between backbones on the same ``y`` (it depends on ``y``'s units).
+
+    >>> rng = np.random.default_rng(0); F = rng.normal(size=(200, 4)); noise = rng.normal(size=(200, 4))
+    >>> logme_regression(F, F @ [1.0, 2.0, 0.0, 0.0]) > logme_regression(noise, F @ [1.0, 2.0, 0.0, 0.0])
+    True
+    """
+    Y = np.asarray(y, dtype=np.float64)
+    return _logme_evidence(F, list(Y.reshape(len(Y), -1).T), tol, max_iter)
+
+
+def _logme_evidence(F: np.ndarray, targets: list[np.ndarray], tol: float, max_iter: int) -> float:
+    """Mean over ``targets`` of the per-sample log evidence of a Bayesian linear model on ``F``."""
+    F = np.asarray(F, dtype=np.float64)
     n, d = F.shape
     u, s, _ = np.linalg.svd(F, full_matrices=False)
     sigma = s ** 2  # non-zero eigenvalues of F^T F (at most min(n, d)); the remaining d - len are zero
     evidences = []
-    for c in range(k):
-        target = (codes == c).astype(np.float64)
+    for target in targets:
         z2 = (u.T @ target) ** 2
         outside = max(float(target @ target - z2.sum()), 0.0)  # residual outside the span of F
         alpha, beta = 1.0, 1.0
