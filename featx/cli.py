@@ -79,6 +79,8 @@ FOLDS = _number(int, lambda v: v >= 2, "must be an integer >= 2")
 FIT_FOLDS = _number(int, lambda v: v == 0 or v >= 2, "must be an integer >= 2, or 0 for no estimate")
 POSITIVE = _number(float, lambda v: v > 0, "must be a positive number")
 FRACTION = _number(float, lambda v: 0 <= v < 1, "must be a fraction from 0 (no held-out split) up to, not including, 1")
+PORT = _number(int, lambda v: 1 <= v <= 65535, "must be a port number from 1 to 65535")
+NON_NEGATIVE = _number(float, lambda v: v >= 0, "must be a number >= 0")
 ALPHA = _number(float, lambda v: 0 < v < 1, "must be a number strictly between 0 and 1, e.g. 0.05")
 TOP_K = _number(int, lambda v: v >= 1, "must be a whole number of setups, at least 1")
 RANKINGS = ("cv", "logme", "h_score", "nleep", "nce", "sfda", "static")  # featx.selection.sweep's rank_by
@@ -724,6 +726,15 @@ def cmd_shift(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serving.server import parse_limits, serve
+
+    limits = parse_limits(args.max_request)
+    serve(args.model, host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, limits=limits, cache_dir=args.cache_dir)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -864,6 +875,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="write DIR/report.html: both sets projected, the most shifted samples")
     p.add_argument("--cache-dir", help="embedding cache (default: $FEATX_CACHE_DIR or ./cache)")
     p.set_defaults(func=cmd_shift)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: POST /predict, GET /health, GET /metadata")
+    p.add_argument("model", help="a .featx file (run with torch) or a folder written by `featx export` (onnxruntime)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=PORT, default=8000, help="default 8000")
+    p.add_argument("--workers", type=POSITIVE_INT, default=1, help="server processes, one model each (default 1)")
+    p.add_argument("--max-batch", type=POSITIVE_INT, default=32,
+                   help="samples per model call: requests arriving together are batched up to this (default 32)")
+    p.add_argument("--max-wait-ms", type=NON_NEGATIVE, default=5.0,
+                   help="how long a batch waits for more requests after its first one (default 5)")
+    p.add_argument("--max-request", action="append", default=[], metavar="N|SIZE",
+                   help="largest request: N samples (default 256) or a body SIZE such as 16MB (the default); "
+                        "repeatable, e.g. --max-request 64 --max-request 4MB")
+    p.add_argument("--cache-dir", help="embedding cache of a .featx model (default: $FEATX_CACHE_DIR or ./cache)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="real transfer learning on shipped data and models")
     p.add_argument("--cache-dir", help="default: ./cache")
