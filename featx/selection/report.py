@@ -253,7 +253,8 @@ def _transferability_plot(plt, path: Path, rows: list[dict], correlations: dict)
     fig, axes = plt.subplots(1, max(len(scores), 1), figsize=(3.2 * max(len(scores), 1), 3.4), squeeze=False)
     for ax, name in zip(axes[0], scores):
         for i, r in enumerate(setups):
-            ax.scatter(r[f"score_{name}"], r["cv_accuracy"], s=30, color=f"C{i % 10}", label=_setup(r))
+            if r.get(f"score_{name}") is not None:  # a backbone featx cannot size has no static score
+                ax.scatter(r[f"score_{name}"], r["cv_accuracy"], s=30, color=f"C{i % 10}", label=_setup(r))
         rho = correlations.get(name)
         ax.set_title("ρ undefined" if rho is None or math.isnan(rho) else f"Spearman ρ = {rho:.2f}", fontsize=9)
         ax.set(xlabel=name, ylabel="best CV accuracy")
