@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from itertools import product
 from pathlib import Path
 
@@ -48,13 +49,15 @@ FINETUNE_LLRD = "featx finetune runs/textile --strategy llrd --epochs 6"
 FINETUNE_ROW = "featx finetune runs/textile --row 2 --strategy gradual"
 PREDICT_FINETUNED = "featx predict runs/textile/finetune-lp-ft/finetuned.featx data/images --out finetuned.csv"
 PREDICT_IMAGE = "featx predict runs/textile/best.featx new_photo.jpg"
+EXPORT = "featx export model.featx --out exported"
+SERVE = "featx serve exported --host 127.0.0.1 --port 8000 --max-batch 32"
 CACHE_LS = "featx cache ls"
 CACHE_INFO = "featx cache info <store>"
 CACHE_VERIFY = "featx cache verify"
 CACHE_REPAIR = "featx cache repair"
 CACHE_RM = "featx cache rm <store>"
 CACHE_PRUNE = "featx cache prune --older-than 30d"
-RUN = {BACKBONES, BACKBONES_VIT, FIT, PREDICT, PREDICT_PROBA, EVALUATE, EXTRACT, SWEEP, REPORT, FINETUNE,
+RUN = {BACKBONES, BACKBONES_VIT, FIT, PREDICT, PREDICT_PROBA, EVALUATE, EXPORT, SERVE, EXTRACT, SWEEP, REPORT, FINETUNE,
        FINETUNE_LLRD, FINETUNE_ROW, PREDICT_FINETUNED, PREDICT_IMAGE, CACHE_LS, CACHE_INFO, CACHE_VERIFY,
        CACHE_REPAIR, CACHE_RM, CACHE_PRUNE}
 NOT_RUN = {
@@ -187,6 +190,50 @@ def test_predict_proba_and_evaluate_agree(ws, fitted):
     assert sum(metrics["confusion"]["matrix"][i][i] for i in range(5)) == sum(correct)
     assert f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}" in proc.stdout
     assert "confusion matrix" in proc.stdout and all(t in proc.stdout for t in TOPICS)
+
+
+
+def test_export_then_serve_answers_the_readme_request(ws, fitted):
+    """README's deploy steps: the exported graph agrees with the model, and the server answers the
+    documented ``curl`` request (on a free port instead of 8000)."""
+    import socket
+    import urllib.request
+
+    import numpy as np
+
+    import featx
+    from featx.serving import OnnxModel
+
+    featx(EXPORT, ws)
+    texts = [row["text"] for row in read_csv(ws / "new_reviews.csv")]
+    exported, model = OnnxModel(ws / "exported"), featx.load(ws / "model.featx", cache_dir=ws / "cache")
+    assert np.abs(exported.predict_proba(texts) - model.predict_proba(texts)).max() < 1e-4
+    assert exported.predict(texts).tolist() == model.predict(texts).tolist()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = shlex.split(SERVE.replace("8000", str(port)))
+    server = subprocess.Popen([str(FEATX), *argv[1:]], cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        body = json.dumps({"texts": ["Shares rose after the results", "The striker scored twice"]}).encode()
+        answer = None
+        for _ in range(600):  # up to a minute to start
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", body,
+                                                 {"content-type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.1)
+        assert answer is not None, "the server did not answer within a minute"
+        assert answer["classes"] == TOPICS and len(answer["predictions"]) == 2
+        assert set(answer["predictions"]) <= set(TOPICS)
+        assert np.allclose(np.sum(answer["probabilities"], axis=1), 1, atol=1e-4)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # -- images: extract, sweep -> report -> finetune -> predict -----------------------------------------
