@@ -201,12 +201,12 @@ def test_export_then_serve_answers_the_readme_request(ws, fitted):
 
     import numpy as np
 
-    import featx
+    from featx import load
     from featx.serving import OnnxModel
 
     featx(EXPORT, ws)
     texts = [row["text"] for row in read_csv(ws / "new_reviews.csv")]
-    exported, model = OnnxModel(ws / "exported"), featx.load(ws / "model.featx", cache_dir=ws / "cache")
+    exported, model = OnnxModel(ws / "exported"), load(ws / "model.featx", cache_dir=ws / "cache")
     assert np.abs(exported.predict_proba(texts) - model.predict_proba(texts)).max() < 1e-4
     assert exported.predict(texts).tolist() == model.predict(texts).tolist()
 
