@@ -398,8 +398,8 @@ def _leaderboard(rows: list[dict]) -> str:
         cells += [_fmt(r.get(f"score_{s}")) for s in scores]
         css = ' class="best"' if i == 1 else ""
         body.append(f"<tr{css}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f'<table id="leaderboard"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>\n'
-            + "\n".join(body) + "</table>")
+    return (f'<div class="scroll"><table id="leaderboard"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>\n'
+            + "\n".join(body) + "</table></div>")
 
 
 def _per_class(evaluation: dict) -> str:
@@ -483,6 +483,7 @@ tr.total td { background: #f7f7f7; font-style: italic; }
 .warning { background: #fdecea; border-left: 4px solid #b8291e; padding: 0.5em 1em; }
 .side { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
 figure { margin: 0.5em 0; } img { max-width: 100%; border: 1px solid #ddd; }
+.scroll { overflow-x: auto; }  /* a wide leaderboard (six scores) scrolls instead of running off the page */
 pre { background: #f6f8fa; border: 1px solid #ddd; padding: 0.8em; overflow-x: auto; }
 code { font-size: 12px; }
 """
