@@ -135,8 +135,9 @@ def test_report_in_headless_chromium_shows_plots_tables_command_and_badge(cache_
     assert "-o test/untrained:image_size=32" in command and f"--cv 3 --test-size 0.3 --seed 0 --run-dir {run}" in command
     assert f"featx predict {run / 'best.featx'} NEW_TEXTS.csv --text-column sentence" in facts["useBest"]
     assert facts["scripts"] == 0 and facts["stylesheets"] == 0
-    assert [r[1] for r in facts["correlations"][1:]] == ["–"] * 4  # two setups cannot be ranked
-    assert all(r[2] == "needs at least 3 backbone/view setups to rank; this sweep has 2" for r in facts["correlations"][1:])
+    assert [r[0] for r in facts["correlations"][1:]] == ["h_score", "logme", "nce", "nleep", "sfda"]  # no static: plugins
+    assert [r[1:3] for r in facts["correlations"][1:]] == [["–", "–"]] * 5  # two setups cannot be ranked
+    assert all(r[4] == "needs at least 3 backbone/view setups to rank; this sweep has 2" for r in facts["correlations"][1:])
 
 
 def test_reproduce_command_repeats_a_cli_run(tiny_bert_dir, tmp_path, monkeypatch, capsys):
