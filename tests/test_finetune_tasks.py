@@ -26,7 +26,8 @@ def text_tags(n=30):
     X, y = [], []
     for i in range(n):
         cat, stock = i % 2 == 0, i % 3 == 0
-        X.append(" ".join((["cat"] if cat else []) + (["stock"] if stock else []) + list(rng.choice(["the", "sat", "today"], 3))))
+        words = (["cat"] if cat else []) + (["stock"] if stock else []) + list(rng.choice(["the", "sat", "today"], 3))
+        X.append(" ".join(words))
         y.append([label for label, on in (("cats", cat), ("stocks", stock)) if on])
     return X, y
 
@@ -99,3 +100,23 @@ def test_task_that_contradicts_the_setup(tiny_bert_dir, tmp_path):
         featx.finetune(featx.TransferClassifier(f"hf/{tiny_bert_dir}"), X, y, task="regression", progress=False)
     with pytest.raises(featx.BadInputError, match="TransferRegressor"):  # continuous y, classifier by default
         featx.finetune(f"hf/{tiny_bert_dir}", X, y, cache_dir=tmp_path, progress=False)
+
+
+def test_regression_on_images_at_lr_0_keeps_the_probe_predictions(tmp_path):
+    """A timm network with BatchNorm: the red channel's level (0..1) as the target."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths, y = [], []
+    for i in range(16):
+        pixels = rng.integers(0, 60, size=(20, 20, 3), dtype=np.uint8)
+        pixels[..., 0] = red = int(rng.integers(0, 256))
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+        y.append(red / 255)
+    setup = featx.TransferRegressor("timm/test_efficientnet", backbone_options={"image_size": 32, "pretrained": False},
+                                    cache_dir=tmp_path / "c")
+    result = featx.finetune(setup, paths, np.asarray(y), strategy="lp-ft", epochs=1, lr=0.0, batch_size=4,
+                            val_size=0.25, progress=False)
+    np.testing.assert_allclose(result.model.predict(paths), result.probe.predict(paths), atol=1e-5)
+    assert result.scores["probe"] > 0.9  # the probe is a real fit, not a constant

@@ -152,7 +152,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, backbone: str = "", backbone_options: dict | None = None, *, strategy: str = "lp-ft",
                  epochs: int = 5, lr: float = 1e-4, head_lr: float | None = None, weight_decay: float = 0.01,
                  batch_size: int = 32, grad_accum: int = 1, warmup: float = 0.1, freeze_blocks: int = 0,
-                 layer_decay: float = 0.75, unfreeze_every: int = 1, val_size: float = 0.2, task: str = "auto", patience: int = 3,
+                 layer_decay: float = 0.75, unfreeze_every: int = 1, val_size: float = 0.2, task: str = "auto",
+                 patience: int = 3,
                  batchnorm: str = "frozen", augment: bool | None = None, adapt: str | None = None, seed: int = 0,
                  device: str = "auto", cache_dir=None, progress: bool = False):
         self.backbone = backbone
@@ -213,8 +214,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             probe = linear_probe(self.backbone, self.backbone_options, X, y, task=targets.task,
                                  cache_dir=self.cache_dir, progress=self.progress)
         elif self.strategy == "lp-ft" and not (hasattr(probe, "head_") and is_linear_probe(probe)):
-            raise BadInputError("fit(probe=...) needs a fitted linear probe on this backbone (featx.finetuning."
-                                "estimator.linear_probe; LP-FT copies its coefficients); or leave probe=None to fit one")
+            raise BadInputError("fit(probe=...) needs a fitted linear probe on this backbone (featx.finetuning"
+                                ".estimator.linear_probe; LP-FT copies its coefficients); or leave probe=None")
         network, history, best_epoch, val_idx = train_network(self, backbone, probe, X, targets, X_target)
         if self.adapt == "adabn":
             adapt_batchnorm(network, backbone, X_target, self.batch_size, str(next(network.parameters()).device))
@@ -302,7 +303,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             return outputs[:, 0] * std + mean
         if self.task_ == "multilabel":
             predicted = (outputs > 0).astype(np.int64)
-            return self.label_binarizer_.inverse_transform(predicted) if self.label_binarizer_ is not None else predicted
+            binarizer = self.label_binarizer_
+            return binarizer.inverse_transform(predicted) if binarizer is not None else predicted
         return self.classes_[outputs.argmax(axis=1)]
 
     def score(self, X, y, sample_weight=None) -> float:

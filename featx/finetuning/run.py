@@ -89,7 +89,8 @@ class FineTuneResult:
         head = "linear probe" if is_linear_probe(self.frozen) else f"{head_name(self.frozen.head)} head"
         start = f" (LP-FT started from a linear probe: {self.scores['probe']:.3f})" if "probe" in self.scores else ""
         kept = "fine-tuned" if self.keep == "finetuned" else "frozen"
-        return (f"{self.held_out} {METRICS[self.model.task_][1]}: frozen {head} {self.scores['frozen']:.3f}{start}, fine-tuned "
+        metric = METRICS[self.model.task_][1]
+        return (f"{self.held_out} {metric}: frozen {head} {self.scores['frozen']:.3f}{start}, fine-tuned "
                 f"({self.strategy}) {self.scores['finetuned']:.3f} -> keep the {kept} model")
 
 
@@ -108,8 +109,9 @@ def _frozen_setup(setup, X, cache_dir, progress: bool, task: str):
         raise BadInputError(f"finetune needs a backbone name, a TransferClassifier, a TransferRegressor or a sweep "
                             f"result as the setup, got {type(setup).__name__}")
     if isinstance(setup, TransferRegressor) != (task == "regression") and task != "auto":
+        wanted = "TransferRegressor" if task == "regression" else "TransferClassifier"
         raise BadInputError(f"task={task!r} does not fit the setup, a {type(setup).__name__}: leave task out "
-                            f"(the setup says it) or promote a {'TransferRegressor' if task == 'regression' else 'TransferClassifier'}")
+                            f"(the setup says it) or promote a {wanted}")
     if setup.view is not None:
         raise BadInputError(f"the setup uses view {setup.view!r} of a multi-layer backbone; fine-tuning trains a "
                             f"single output: promote a setup without a view (a backbone without layers=)")

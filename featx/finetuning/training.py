@@ -103,8 +103,8 @@ def _split(y: np.ndarray | None, n: int, val_size: float, seed: int) -> tuple[np
     if y is None:
         n_val = math.ceil(val_size * n)
         if not 2 <= n_val <= n - 1:
-            raise BadInputError(f"val_size={val_size} cannot hold out a validation split of {n} samples: val_size * {n} "
-                                f"must be between 2 and {n - 1}; change val_size or add samples")
+            raise BadInputError(f"val_size={val_size} cannot hold out a validation split of {n} samples: "
+                                f"val_size * {n} must be between 2 and {n - 1}; change val_size or add samples")
         return train_test_split(np.arange(n), test_size=val_size, random_state=seed)
     counts = dict(zip(*np.unique(y, return_counts=True)))
     n_val, n_classes = math.ceil(val_size * len(y)), len(counts)
