@@ -52,6 +52,10 @@ def test_regression_finetune_lowers_the_training_mse_and_saves(tiny_bert_dir, tm
     np.testing.assert_allclose(loaded.predict(X), prediction, rtol=1e-5, atol=1e-5)
     assert (tmp_path / "run" / "log.csv").read_text().startswith("epoch,train_loss,val_loss,val_r2")
     assert not hasattr(model, "predict_proba")
+    from featx.deploy.export import export
+
+    with pytest.raises(featx.BadInputError, match="regression"):
+        export(model, tmp_path / "onnx")
 
 
 def test_regression_lp_ft_at_lr_0_keeps_the_probe_predictions(tiny_bert_dir, tmp_path):
