@@ -9,6 +9,7 @@ import torch
 import featx
 from featx.data.loaders import load_image_folder
 from featx.finetuning.strategies import blocks, build_network, head_from_probe, new_backbone, plan
+from featx.finetuning.training import Targets
 
 IMAGE = "timm/test_efficientnet"
 
@@ -95,7 +96,7 @@ def test_lp_ft_head_starts_from_the_probe(tiny_bert_dir, tmp_path):
     probe = featx.TransferClassifier(f"hf/{tiny_bert_dir}", cache_dir=tmp_path).fit(X, y)
     backbone = new_backbone(probe.backbone, None)
     network = build_network(backbone, 2)
-    head_from_probe(network.head, probe.head_, probe.classes_)
+    head_from_probe(network.head, probe, Targets("classification", np.zeros(len(y)), 2, classes=probe.classes_))
     coef = probe.head_.model_[-1].coef_
     np.testing.assert_allclose(network.head.weight.detach().numpy(), np.vstack([np.zeros_like(coef), coef]), rtol=1e-6)
     # the initial network reproduces the probe's probabilities exactly

@@ -127,6 +127,9 @@ def _describe(model) -> tuple[str, Any]:
     if isinstance(model, FineTunedClassifier):
         if not hasattr(model, "network_"):
             raise BadInputError("cannot export this FineTunedClassifier: it is not fitted; call fit(X, y) first")
+        if model.task_ != "classification":  # the exported graph ends in a softmax over classes
+            raise BadInputError(f"cannot export a fine-tuned {model.task_} model: featx export takes single-label "
+                                f"classifiers; keep the .featx file and featx.load it")
         return "finetuned", model.backbone_.base
     if not isinstance(model, TransferClassifier):
         raise BadInputError(f"cannot export a {type(model).__name__}: featx export takes a fitted TransferClassifier "

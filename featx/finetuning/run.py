@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .estimator import FineTunedClassifier, check_target, is_linear_probe, linear_probe
+from .training import METRICS
 from ..backbones.base import Backbone
 from ..errors import BadInputError, did_you_mean
 
@@ -43,7 +44,8 @@ class FineTuneResult:
     """The fine-tuned model, the frozen setup it is compared with, their held-out scores and the
     verdict; ``predict``, ``predict_proba``, ``score`` and ``classes_`` are the kept model's (``best_``).
 
-    ``scores`` holds the held-out accuracy of ``"frozen"`` (the setup as given, its own head refit
+    ``scores`` holds the held-out score (``model.score``'s: accuracy, subset accuracy for multi-label
+    targets, R² for regression) of ``"frozen"`` (the setup as given, its own head refit
     on the training data) and ``"finetuned"``, and of ``"probe"`` when LP-FT started from a linear
     probe other than the frozen setup (whose head is then not logistic regression).  ``keep`` is
     ``"finetuned"`` when it scored higher, else ``"frozen"``; ``held_out`` says on what
@@ -77,7 +79,7 @@ class FineTuneResult:
         return self.best_.predict_proba(X)
 
     def score(self, X, y) -> float:
-        """Accuracy of the kept model on ``(X, y)``."""
+        """The kept model's score on ``(X, y)``: accuracy, subset accuracy (multi-label) or R² (regression)."""
         return self.best_.score(X, y)
 
     def summary(self) -> str:
@@ -87,24 +89,29 @@ class FineTuneResult:
         head = "linear probe" if is_linear_probe(self.frozen) else f"{head_name(self.frozen.head)} head"
         start = f" (LP-FT started from a linear probe: {self.scores['probe']:.3f})" if "probe" in self.scores else ""
         kept = "fine-tuned" if self.keep == "finetuned" else "frozen"
-        return (f"{self.held_out} accuracy: frozen {head} {self.scores['frozen']:.3f}{start}, fine-tuned "
+        metric = METRICS[self.model.task_][1]
+        return (f"{self.held_out} {metric}: frozen {head} {self.scores['frozen']:.3f}{start}, fine-tuned "
                 f"({self.strategy}) {self.scores['finetuned']:.3f} -> keep the {kept} model")
 
 
-def _frozen_setup(setup, X, cache_dir, progress: bool):
-    """An unfitted copy of the ``TransferClassifier`` to promote (from a sweep result, a classifier or a
-    name), naming its backbone so that fine-tuning can build a private copy of it."""
+def _frozen_setup(setup, X, cache_dir, progress: bool, task: str):
+    """An unfitted copy of the ``TransferClassifier`` (``TransferRegressor``) to promote (from a sweep
+    result, a model or a name), naming its backbone so that fine-tuning can build a private copy of it."""
     from sklearn.base import clone
 
     from ..data.samples import infer_modality
-    from ..estimators import DEFAULT_BACKBONES, TransferClassifier
+    from ..estimators import DEFAULT_BACKBONES, TransferClassifier, TransferRegressor
 
     setup = getattr(setup, "best_", setup)
     if isinstance(setup, str):
-        setup = TransferClassifier(setup)
-    if not isinstance(setup, TransferClassifier):
-        raise BadInputError(f"finetune needs a backbone name, a TransferClassifier or a sweep result as the setup, "
-                            f"got {type(setup).__name__}")
+        setup = TransferRegressor(setup) if task == "regression" else TransferClassifier(setup)
+    if not isinstance(setup, (TransferClassifier, TransferRegressor)):
+        raise BadInputError(f"finetune needs a backbone name, a TransferClassifier, a TransferRegressor or a sweep "
+                            f"result as the setup, got {type(setup).__name__}")
+    if isinstance(setup, TransferRegressor) != (task == "regression") and task != "auto":
+        wanted = "TransferRegressor" if task == "regression" else "TransferClassifier"
+        raise BadInputError(f"task={task!r} does not fit the setup, a {type(setup).__name__}: leave task out "
+                            f"(the setup says it) or promote a {wanted}")
     if setup.view is not None:
         raise BadInputError(f"the setup uses view {setup.view!r} of a multi-layer backbone; fine-tuning trains a "
                             f"single output: promote a setup without a view (a backbone without layers=)")
@@ -128,12 +135,14 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
 
     Parameters
     ----------
-    setup : SweepResult, TransferClassifier or str
-        What to promote: a sweep result (its ``best_``), a ``TransferClassifier`` (fitted or not;
-        its backbone, options, head and head parameters) or a backbone name (logreg head).
+    setup : SweepResult, TransferClassifier, TransferRegressor or str
+        What to promote: a sweep result (its ``best_``), a ``TransferClassifier`` or
+        ``TransferRegressor`` (fitted or not; its backbone, options, head and head parameters) or a
+        backbone name (logreg head; ridge with ``task="regression"``).  A regressor trains with MSE,
+        multi-label targets with BCE (see ``FineTunedClassifier``'s ``task``).
     X, y :
-        Training samples and labels; the frozen setup is refit on them, and the fine-tuning holds
-        ``val_size`` of them out for early stopping.
+        Training samples and targets (class labels, multi-label targets or numbers); the frozen setup is
+        refit on them, and the fine-tuning holds ``val_size`` of them out for early stopping.
     X_test, y_test : optional
         Held-out data both models are scored on (else the validation split).
     X_target : optional
@@ -147,7 +156,8 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
     progress : bool
         Progress bars and epoch lines on stderr.
     **params :
-        ``FineTunedClassifier`` parameters (``strategy``, ``epochs``, ``lr``, ``batchnorm``, ``adapt``, …).
+        ``FineTunedClassifier`` parameters (``strategy``, ``epochs``, ``lr``, ``batchnorm``, ``adapt``,
+        ``task``, …).
 
     Returns
     -------
@@ -157,15 +167,16 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
         frozen setup's head when that is logistic regression, else from a linear probe fitted
         for it (scored as ``"probe"``).
     """
-    from ..data.labels import labels_or_raise
+    from ..estimators import TransferRegressor
 
     allowed = set(FineTunedClassifier._get_param_names()) - {"backbone", "backbone_options", "cache_dir", "progress"}
     for name in params:
         if name not in allowed:
             raise BadInputError(f"finetune got an unknown parameter {name}=.{did_you_mean(name, allowed)} "
                                 f"Parameters: {', '.join(sorted(allowed))}")
-    y = labels_or_raise(y, len(X))
-    frozen = _frozen_setup(setup, X, cache_dir, progress)
+    frozen = _frozen_setup(setup, X, cache_dir, progress, params.get("task", "auto"))
+    if isinstance(frozen, TransferRegressor):
+        params["task"] = "regression"
     model = FineTunedClassifier(frozen.backbone, frozen.backbone_options, cache_dir=frozen.cache_dir,
                                 progress=progress, **params)
     check_target(model.adapt, X_target, model.check_params())  # before any embedding
@@ -173,14 +184,16 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
     probe = None
     if model.strategy == "lp-ft":
         probe = frozen if is_linear_probe(frozen) else linear_probe(
-            frozen.backbone, frozen.backbone_options, X, y, cache_dir=frozen.cache_dir, progress=progress)
+            frozen.backbone, frozen.backbone_options, X, y, task=params.get("task", "classification"),
+            cache_dir=frozen.cache_dir, progress=progress)
     model.fit(X, y, probe=probe, X_target=X_target)
     if X_test is not None:
         X_eval, y_eval, held_out = X_test, y_test, "test"
     else:
         val = model.val_indices_
         X_eval = X[val] if isinstance(X, np.ndarray) else [X[i] for i in val]
-        y_eval, held_out = y[val], "validation"
+        y_eval = [y[i] for i in val] if isinstance(y, (list, tuple)) else np.asarray(y)[val]
+        held_out = "validation"
     scores = {"frozen": float(frozen.score(X_eval, y_eval)), "finetuned": float(model.score(X_eval, y_eval))}
     if probe is not None and probe is not frozen:
         scores["probe"] = float(probe.score(X_eval, y_eval))
@@ -206,7 +219,7 @@ def write_run(result: FineTuneResult, run_dir) -> Path:
     summary = {"strategy": result.strategy, "held_out": result.held_out, "scores": result.scores, "keep": result.keep,
                "best_epoch": result.best_epoch, "backbone": result.model.backbone,
                "frozen_head": head_name(result.frozen.head), "batchnorm": result.model.batchnorm,
-               "adapt": result.model.adapt,
+               "adapt": result.model.adapt, "task": result.model.task_,
                "finetuned_fingerprint": result.model.fingerprint_, "frozen_fingerprint": result.frozen.fingerprint_}
     (run_dir / "finetune.json").write_text(json.dumps(summary, indent=2))
     save(result.model, run_dir / "finetuned.featx")
@@ -222,10 +235,11 @@ def write_run(result: FineTuneResult, run_dir) -> Path:
     left.plot(epochs, [r["val_loss"] for r in result.history], "o-", label="validation")
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    right.plot(epochs, [r["val_accuracy"] for r in result.history], "o-", label="fine-tuned (validation)")
+    metric, words = METRICS[result.model.task_]
+    right.plot(epochs, [r[metric] for r in result.history], "o-", label="fine-tuned (validation)")
     right.axhline(result.scores["frozen"], color="grey", ls="--", label=f"frozen setup ({result.held_out})")
     right.axvline(result.best_epoch, color="green", ls=":", label="restored epoch")
-    right.set(xlabel="epoch", ylabel="accuracy", title=f"{result.strategy}: accuracy")
+    right.set(xlabel="epoch", ylabel=words, title=f"{result.strategy}: {words}")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(run_dir / "learning_curve.png", dpi=110)

@@ -82,18 +82,31 @@ def blocks(backbone: TorchBackbone) -> list[list[str]]:
     return [numbered[k] for k in sorted(numbered)]
 
 
-def head_from_probe(head, probe, classes) -> None:
-    """Copy a fitted ``LinearProbe``'s coefficients into the torch ``head`` (binary → two logits)."""
+def head_from_probe(head, probe, targets) -> None:
+    """Copy a fitted linear probe's coefficients into the torch ``head``: logistic regression (binary →
+    two logits), one logistic regression per label (multi-label) or ridge regression on the
+    standardised target (regression)."""
     import torch
 
-    logreg = probe.model_[-1]
-    if list(probe.classes_) != list(classes):
-        raise BadInputError(f"the probe was fitted on classes {list(probe.classes_)}, the fine-tuning data has "
-                            f"{list(classes)}: fit the probe on the same (X, y)")
-    coef, intercept = logreg.coef_, logreg.intercept_
-    if coef.shape[0] == 1:  # sigmoid(z) == softmax([0, z])[1]
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
+    if targets.task == "regression":
+        ridge = probe.head_[-1]
+        mean, std = targets.scale
+        coef, intercept = ridge.coef_.reshape(1, -1) / std, (np.atleast_1d(ridge.intercept_) - mean) / std
+    else:
+        if list(probe.classes_) != list(targets.classes):
+            raise BadInputError(f"the probe was fitted on classes {list(probe.classes_)}, the fine-tuning data has "
+                                f"{list(targets.classes)}: fit the probe on the same (X, y)")
+        if targets.task == "multilabel":  # a label every sample has (or none has) gets a constant predictor
+            fitted = [getattr(e, "model_", None) for e in probe.head_.estimators_]
+            coef = np.vstack([m[-1].coef_ if m is not None else np.zeros((1, head.in_features)) for m in fitted])
+            intercept = np.array([float(m[-1].intercept_[0]) if m is not None else 10.0 * (2 * float(e.y_[0]) - 1)
+                                  for m, e in zip(fitted, probe.head_.estimators_)])
+        else:
+            logreg = probe.head_.model_[-1]
+            coef, intercept = logreg.coef_, logreg.intercept_
+            if coef.shape[0] == 1:  # sigmoid(z) == softmax([0, z])[1]
+                coef = np.vstack([np.zeros_like(coef), coef])
+                intercept = np.concatenate([[0.0], intercept])
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
         head.bias.copy_(torch.as_tensor(intercept, dtype=head.bias.dtype))

@@ -8,6 +8,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,6 +58,36 @@ def _augmentation(backbone):
                             std=config["std"], auto_augment=None, re_prob=0.0)
 
 
+# -- targets, loss and validation metric per task --------------------------------------------------
+METRICS = {"classification": ("val_accuracy", "accuracy"), "multilabel": ("val_subset_accuracy", "subset accuracy"),
+           "regression": ("val_r2", "R²")}  # task -> (history column, words)
+
+
+@dataclass
+class Targets:
+    """What the network trains on: ``values`` (class indices; a 0/1 label matrix; standardised numbers
+    as one column), the number of outputs, ``stratify`` (the labels to stratify the split by, or None),
+    the ``classes`` (labels) and, for regression, ``scale``: the target's (mean, standard deviation)."""
+
+    task: str
+    values: np.ndarray
+    n_outputs: int
+    stratify: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    scale: tuple[float, float] = (0.0, 1.0)
+
+
+def _loss(task: str, outputs, truth, reduction: str = "mean"):
+    """Cross-entropy (classes), BCE-with-logits per label (multi-label) or MSE (regression)."""
+    import torch
+
+    if task == "classification":
+        return torch.nn.functional.cross_entropy(outputs, truth, reduction=reduction)
+    if task == "multilabel":
+        return torch.nn.functional.binary_cross_entropy_with_logits(outputs, truth, reduction=reduction)
+    return torch.nn.functional.mse_loss(outputs, truth, reduction=reduction)
+
+
 # -- the fitted model ------------------------------------------------------------------------------
 def _schedule(step: int, total: int, warmup: int) -> float:
     if step < warmup:
@@ -65,10 +96,16 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _split(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/validation row indices, or a ``BadInputError`` saying what to change."""
+def _split(y: np.ndarray | None, n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation row indices, stratified by ``y`` (unless None), or a ``BadInputError`` saying what to change."""
     from sklearn.model_selection import train_test_split
 
+    if y is None:
+        n_val = math.ceil(val_size * n)
+        if not 2 <= n_val <= n - 1:
+            raise BadInputError(f"val_size={val_size} cannot hold out a validation split of {n} samples: "
+                                f"val_size * {n} must be between 2 and {n - 1}; change val_size or add samples")
+        return train_test_split(np.arange(n), test_size=val_size, random_state=seed)
     counts = dict(zip(*np.unique(y, return_counts=True)))
     n_val, n_classes = math.ceil(val_size * len(y)), len(counts)
     rare = min(counts, key=counts.get)
@@ -146,8 +183,9 @@ def adapt_batchnorm(network, backbone: TorchBackbone, X_target, batch_size: int,
     network.eval()
 
 
-def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y, X_target=None):
+def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, targets: Targets, X_target=None):
     """The training loop behind ``FineTunedClassifier.fit``; returns the best network and its record.
+    The loss and the validation metric early stopping uses are the task's (``_loss``, ``METRICS``).
     With ``est.adapt == "dann"``, each step also trains a domain classifier on source and ``X_target``
     features behind a gradient-reversal layer."""
     import torch
@@ -156,21 +194,20 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
     from ..progress import progress_bar
 
     X = X if isinstance(X, np.ndarray) else list(X)
-    train_idx, val_idx = _split(y, est.val_size, est.seed)
-    classes = np.unique(y)
-    target = np.searchsorted(classes, y)
+    train_idx, val_idx = _split(targets.stratify, len(targets.values), est.val_size, est.seed)
+    task, target = targets.task, targets.values
 
     torch.manual_seed(est.seed)
     random.seed(est.seed)  # timm's random crops draw from Python's generator
     rng = np.random.default_rng(est.seed)
     device = resolve_device(est.device)
     backbone.to(device)
-    network = build_network(backbone, len(classes)).to(device)
+    network = build_network(backbone, targets.n_outputs).to(device)
     if est.adapt == "adabn" and not batchnorm_layers(network):
         raise BadInputError(f"adapt='adabn' re-estimates BatchNorm statistics, but backbone {backbone.name!r} has no "
                             f"BatchNorm layer: use adapt='dann', or adapt=None")
     if est.strategy == "lp-ft":
-        head_from_probe(network.head, probe.head_, classes)
+        head_from_probe(network.head, probe, targets)
     else:  # a random head on unit-norm features starts with logits near 0 and grows them too slowly (one
         network.logit_scale = math.sqrt(backbone.dim)  # class predicted after an epoch): coordinates scaled to ~1
     head_lr = est.head_lr if est.head_lr is not None else (est.lr if est.strategy == "lp-ft" else est.lr * 10)
@@ -196,8 +233,9 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
     device_type = torch.device(device).type
 
     def evaluate(idx) -> tuple[float, float]:
+        """Mean loss and the task's metric on rows ``idx``: accuracy, subset accuracy or R²."""
         network.eval()
-        loss, correct = 0.0, 0
+        loss, correct, squared = 0.0, 0, 0.0
         with torch.inference_mode():
             for lo in range(0, len(idx), batch_size):
                 chunk = idx[lo:lo + batch_size]
@@ -205,12 +243,19 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
                 with torch.autocast(device_type, dtype=amp_dtype, enabled=use_amp):
                     logits = network(*inputs).float()
                 truth = torch.as_tensor(target[chunk], device=device)
-                loss += torch.nn.functional.cross_entropy(logits, truth, reduction="sum").item()
-                correct += int((logits.argmax(1) == truth).sum())
-        return loss / len(idx), correct / len(idx)
+                loss += _loss(task, logits, truth, reduction="sum").item()
+                if task == "classification":
+                    correct += int((logits.argmax(1) == truth).sum())
+                elif task == "multilabel":
+                    correct += int(((logits > 0) == (truth > 0.5)).all(1).sum())
+        if task == "regression":  # the loss summed squared errors; R² = 1 - SSE / SST
+            spread = float(((target[idx] - target[idx].mean()) ** 2).sum())
+            return loss / len(idx), 1.0 - loss / max(spread, 1e-12)
+        return loss / target[idx].size, correct / len(idx)
 
+    metric = METRICS[task][0]
     history: list[dict] = []
-    best = (-1.0, math.inf, -1, None)
+    best = (-math.inf, math.inf, -1, None)
     step, stale = 0, 0
     for epoch in range(est.epochs):
         t0 = time.perf_counter()
@@ -236,7 +281,7 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
                     logits = network.head(network.logit_scale * features).float()
                 else:
                     logits = network(*inputs).float()
-            loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(target[chunk], device=device))
+            loss = _loss(task, logits, torch.as_tensor(target[chunk], device=device))
             if dann:
                 domain_loss = _domain_loss(network, domain_classifier, features, target_data, len(chunk), rng,
                                            device, weight=2.0 / (1.0 + math.exp(-10.0 * step / total)) - 1.0)
@@ -255,18 +300,19 @@ def train_network(est: FineTunedClassifier, backbone: TorchBackbone, probe, X, y
             bar.set_postfix_str(f"loss {running / (lo + len(chunk)):.4f}", refresh=False)
             bar.update(1)
         bar.close()
-        val_loss, val_acc = evaluate(val_idx)
-        row = {"epoch": epoch, "train_loss": running / len(order), "val_loss": val_loss, "val_accuracy": val_acc,
+        val_loss, val_score = evaluate(val_idx)
+        row = {"epoch": epoch, "train_loss": running / len(order), "val_loss": val_loss, metric: val_score,
                "trainable_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
                "lr": optimizer.param_groups[len(the_plan.groups) - 1]["lr"], "seconds": time.perf_counter() - t0}
         if dann:
             row["domain_loss"] = domain_running / len(order)
         history.append(row)
         if est.progress:
-            print(f"{label}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  val acc {val_acc:.4f}  "
+            print(f"{label}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                  f"val {METRICS[task][1]} {val_score:.4f}  "
                   f"({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
-        if (val_acc, -val_loss) > (best[0], -best[1]):
-            best, stale = (val_acc, val_loss, epoch, copy.deepcopy(network.state_dict())), 0
+        if (val_score, -val_loss) > (best[0], -best[1]):
+            best, stale = (val_score, val_loss, epoch, copy.deepcopy(network.state_dict())), 0
         else:
             stale += 1
             if stale >= est.patience:
