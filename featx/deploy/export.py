@@ -96,6 +96,7 @@ def export(model: Any, out_dir: str | os.PathLike, *, opset: int | None = None, 
         for part in (graph, head):
             part.ir_version = ir_version
         graph = onnx.compose.merge_models(graph, head, io_map=[("features", "features")], prefix2="head_")
+        _dedupe_opsets(graph)
         for name in ("probabilities", "label"):
             _rename(graph.graph, f"head_{name}", name)
         outputs = sorted(graph.graph.output, key=lambda o: o.name != "probabilities")  # probabilities first
@@ -224,6 +225,21 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
     if onx.graph.output[1].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise BadInputError(f"cannot export head {type(final).__name__}: its probabilities are not float32")
     return onx
+
+
+def _dedupe_opsets(graph) -> None:
+    """Keep one ``opset_import`` per domain (the highest version; ``"ai.onnx"`` counts as ``""``).
+
+    ``merge_models`` concatenates both models' imports, so the default domain is listed twice, and
+    onnxruntime's ``quantize_dynamic`` refuses a graph that does not list it exactly once.
+    """
+    versions: dict[str, int] = {}
+    for entry in graph.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        versions[domain] = max(versions.get(domain, 0), entry.version)
+    del graph.opset_import[:]
+    for domain, version in versions.items():
+        graph.opset_import.add(domain=domain, version=version)
 
 
 def _rename(graph, old: str, new: str) -> None:
