@@ -218,3 +218,18 @@ def test_onnx_model_runs_where_torch_cannot_be_imported(images, tmp_path):
     assert not result["torch"]
     assert np.abs(np.asarray(result["proba"]) - model.predict_proba(paths)).max() < TOLERANCE
     assert result["label"] == model.predict(paths).tolist()
+
+
+@pytest.mark.integration
+def test_real_textile_model_matches_the_torch_path(tmp_path):
+    """The demo's image model on real photos (Lite0 at 64 px + logreg, 30 textile images)."""
+    import conformal_clip_data
+
+    from featx.data.loaders import load_image_folder
+
+    paths, labels = load_image_folder(conformal_clip_data.textile_simulated_root())
+    pick = np.random.default_rng(0).choice(len(paths), 30, replace=False)
+    X, y = [paths[i] for i in pick], [labels[i] for i in pick]
+    model = featx.TransferClassifier("timm/tf_efficientnet_lite0", head="logreg", cache_dir=tmp_path / "cache",
+                                     device="cpu", backbone_options={"image_size": 64}).fit(X[:20], y[:20])
+    assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx")), X)
