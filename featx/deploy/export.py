@@ -22,6 +22,7 @@ PosixPath('exported')
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -281,7 +282,13 @@ def _write_graph(graph, path: Path, quantize: str | None) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32.write_bytes(graph.SerializeToString())
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs its advice and every tensor it leaves in float there
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         with atomic_write(path) as f:
             f.write(int8.read_bytes())
 
