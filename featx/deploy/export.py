@@ -22,6 +22,7 @@ PosixPath('exported')
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -96,6 +97,7 @@ def export(model: Any, out_dir: str | os.PathLike, *, opset: int | None = None, 
         for part in (graph, head):
             part.ir_version = ir_version
         graph = onnx.compose.merge_models(graph, head, io_map=[("features", "features")], prefix2="head_")
+        _dedupe_opsets(graph)
         for name in ("probabilities", "label"):
             _rename(graph.graph, f"head_{name}", name)
         outputs = sorted(graph.graph.output, key=lambda o: o.name != "probabilities")  # probabilities first
@@ -229,6 +231,21 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
     return onx
 
 
+def _dedupe_opsets(graph) -> None:
+    """Keep one ``opset_import`` per domain (the highest version; ``"ai.onnx"`` counts as ``""``).
+
+    ``merge_models`` concatenates both models' imports, so the default domain is listed twice, and
+    onnxruntime's ``quantize_dynamic`` refuses a graph that does not list it exactly once.
+    """
+    versions: dict[str, int] = {}
+    for entry in graph.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        versions[domain] = max(versions.get(domain, 0), entry.version)
+    del graph.opset_import[:]
+    for domain, version in versions.items():
+        graph.opset_import.add(domain=domain, version=version)
+
+
 def _rename(graph, old: str, new: str) -> None:
     """Rename the value ``old`` to ``new`` everywhere in ``graph`` (nodes, inputs, outputs)."""
     for node in graph.node:
@@ -268,7 +285,13 @@ def _write_graph(graph, path: Path, quantize: str | None) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32.write_bytes(graph.SerializeToString())
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs its advice and every tensor it leaves in float there
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         with atomic_write(path) as f:
             f.write(int8.read_bytes())
 
