@@ -303,25 +303,31 @@ class _RegressionHead(RegressorMixin, _PipelineHead):
 
 
 class RidgeHead(_RegressionHead):
-    """Standardised features + ridge regression (the linear probe for a continuous target).
+    """L2-normalised features + ridge regression (the linear probe for a continuous target).
+
+    Normalised like ``LinearProbe``, not standardised: pooled CNN features have many nearly dead
+    dimensions (661 of Lite0's 1280 on the textile images), which standardising blows up on new
+    samples (5-fold R² −18.9 against 0.49 on the textile roughness example).
 
     Parameters
     ----------
-    alpha : float, default 1.0
-        L2 penalty (> 0); larger is stronger.
+    alpha : float or None, default None
+        L2 penalty (> 0); larger is stronger.  ``None``: chosen among 10^-4 … 10^4 by efficient
+        leave-one-out cross-validation (scikit-learn's ``RidgeCV``).
     """
 
-    _parameter_constraints = {"alpha": [_POSITIVE]}
+    _parameter_constraints = {"alpha": [_POSITIVE, None]}
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float | None = None):
         self.alpha = alpha
 
     def _build(self):
-        from sklearn.linear_model import Ridge
+        from sklearn.linear_model import Ridge, RidgeCV
         from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        from sklearn.preprocessing import Normalizer
 
-        return make_pipeline(StandardScaler(), Ridge(alpha=self.alpha))
+        ridge = RidgeCV(alphas=np.logspace(-4, 4, 17)) if self.alpha is None else Ridge(alpha=self.alpha)
+        return make_pipeline(Normalizer(), ridge)
 
 
 class SVRHead(_RegressionHead):
@@ -433,7 +439,7 @@ HEADS: dict[str, HeadSpec] = {
 }
 
 REGRESSION_HEADS: dict[str, HeadSpec] = {
-    "ridge": HeadSpec(RidgeHead, {"alpha": [0.1, 1.0, 10.0, 100.0, 1000.0]}),
+    "ridge": HeadSpec(RidgeHead, {"alpha": [0.001, 0.01, 0.1, 1.0, 10.0]}),
     "svr": HeadSpec(SVRHead, {"C": [0.1, 1.0, 10.0], "kernel": ["linear", "rbf"]}),
     "mlp": HeadSpec(MLPRegressorHead, {"alpha": [1e-4, 1e-2]}),
     "knn": HeadSpec(KNNRegressorHead, {"n_neighbors": [5, 15], "weights": ["uniform", "distance"]}),

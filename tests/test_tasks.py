@@ -244,3 +244,17 @@ def test_sweep_scoring_picks_settings_and_ranks_by_the_metric(cache_dir):
     svm = {r["head"]: r for r in by_f1.leaderboard}["svm"]
     assert svm["params"]["class_weight"] == "balanced"  # the macro-F1 winner of the grid
     assert {r["head"]: r for r in by_accuracy.leaderboard}["svm"]["cv_macro_f1"] <= svm["cv_macro_f1"]
+
+
+def test_ridge_head_is_not_thrown_by_nearly_dead_feature_dimensions():
+    """Pooled CNN features have dimensions that are ~0 on the training set; standardising them made
+    the ridge head predict wildly on a new sample with a small value there (textile R² −18.9)."""
+    rng = np.random.default_rng(0)
+    Z = np.abs(rng.normal(size=(200, 40)))
+    Z[:, 20:] = rng.normal(scale=1e-7, size=(200, 20)) ** 2  # nearly dead in training
+    y = Z[:, :20].sum(1)
+    head = make_head("ridge", "regression").fit(Z, y)
+    new = np.abs(rng.normal(size=(50, 40)))
+    new[:, 20:] = 0.05  # small but far outside the training spread
+    predicted = head.predict(new)
+    assert np.abs(predicted - new[:, :20].sum(1)).max() < 5 * y.std()
