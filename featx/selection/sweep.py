@@ -62,14 +62,18 @@ class SweepResult:
         """The leaderboard as aligned text; rows of random-init backbones end in ``[random init]``."""
         if self.manifest.get("task") == "regression":
             return _regression_table(self.leaderboard[:limit])
+        target_columns = [(key, title) for key, title in (("target_accuracy", "target"), ("target_score", "tgt score"))
+                          if any(key in r for r in self.leaderboard)]  # only in sweeps given X_target / y_target
         header = (f"{'#':>2} {'backbone':34s} {'view':8s} {'head':7s} {'cv acc':>14s} {'bal acc':>7s} {'macroF1':>7s} "
-                  f"{'test':>6s} {'extract s':>9s} {'fit s':>6s}")
+                  f"{'test':>6s}" + "".join(f" {title:>9s}" for _, title in target_columns)
+                  + f" {'extract s':>9s} {'fit s':>6s}")
         lines = [header, "-" * len(header)]
         for rank, r in enumerate(self.leaderboard[:limit], 1):
             test = f"{r['test_accuracy']:.3f}" if r.get("test_accuracy") is not None else "-"
+            target = "".join(f" {r[key]:9.3f}" if r.get(key) is not None else f" {'-':>9s}" for key, _ in target_columns)
             lines.append(f"{rank:2d} {r['backbone'][:34]:34s} {r['view'][:8]:8s} {r['head'][:7]:7s} "
                          f"{r['cv_accuracy']:.3f} ± {r['cv_accuracy_std']:.3f} {r['cv_balanced_accuracy']:7.3f} "
-                         f"{r['cv_macro_f1']:7.3f} {test:>6s} {r['extract_seconds']:9.1f} {r['fit_seconds']:6.2f}"
+                         f"{r['cv_macro_f1']:7.3f} {test:>6s}{target} {r['extract_seconds']:9.1f} {r['fit_seconds']:6.2f}"
                          + ("  [random init]" if r.get("random_init") else ""))
         if any(r.get("random_init") for r in self.leaderboard[:limit]):
             lines.append("[random init]: the backbone has no pretrained weights; its rows score an untrained network")
@@ -202,6 +206,55 @@ def _train_and_test(X, y, X_test, y_test, test_size, seed):
     return X, y, X_test, labels_or_raise(y_test, len(X_test))
 
 
+def _target_domain(X, X_target, y_target):
+    """The target-domain samples and their labels (``None`` when not given), checked before anything is embedded."""
+    from ..data.labels import labels_or_raise
+    from ..data.samples import infer_modality, sample_list
+
+    if X_target is None:
+        if y_target is not None:
+            raise BadInputError("y_target was given without X_target: give the target samples too (X_target=...), "
+                                "or drop y_target")
+        return None, None
+    try:
+        X_target = sample_list(X_target)
+    except BadInputError as exc:
+        raise BadInputError(f"X_target: {exc}") from None
+    if len(X_target) == 0:
+        raise BadInputError("X_target is empty: pass samples of the new domain, or leave it out")
+    kind, target_kind = infer_modality(X), infer_modality(X_target)
+    if target_kind != kind:
+        raise BadInputError(f"X_target holds {target_kind}s but X holds {kind}s: X_target must be {kind}s of the "
+                            f"new domain")
+    if y_target is None:
+        return X_target, None
+    if len(y_target) != len(X_target):
+        raise BadInputError(f"len(X_target) = {len(X_target)} but len(y_target) = {len(y_target)}: give one label "
+                            f"per target sample")
+    try:
+        return X_target, labels_or_raise(y_target, len(X_target))
+    except BadInputError as exc:
+        raise BadInputError(f"y_target: {exc}") from None
+
+
+def _target_score(model, Z_target: np.ndarray) -> float | None:
+    """Negative mean prediction entropy (nats) of ``model`` on the target vectors: 0 when every
+    prediction is certain, ``-log(n_classes)`` when all are uniform; ``None`` without ``predict_proba``.
+
+    The quantity skada's ``PredictionEntropyScorer`` measures; computed here with scipy because
+    that scorer needs a skada pipeline fitted with ``sample_domain``, and this head is a plain one.
+
+    >>> from sklearn.dummy import DummyClassifier
+    >>> round(_target_score(DummyClassifier(strategy="uniform").fit([[0], [1]], [0, 1]), np.zeros((3, 1))), 3)
+    -0.693
+    """
+    from scipy.stats import entropy
+
+    if not hasattr(model, "predict_proba"):
+        return None
+    return -float(np.mean(entropy(model.predict_proba(Z_target), axis=1)))
+
+
 def _folds(y: np.ndarray, cv: int, seed: int, after_split: bool):
     """Stratified folds; fewer than ``cv`` (with a warning) when the least populated class is smaller."""
     import warnings
@@ -312,8 +365,9 @@ def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n
 
 
 def _refit_and_test(head, params: dict, Z, y, test, columns, y_test, results: _ResultsCache, key: str,
-                    reuse: bool) -> dict:
-    """Refit one row's winning setting on all training data and score it on the test split.
+                    reuse: bool, target=None, y_target=None) -> dict:
+    """Refit one row's winning setting on all training data and score it on the test split, and on
+    the target domain when given: ``target_score`` (``_target_score``), ``target_accuracy`` with ``y_target``.
 
     With ``reuse`` (the row's CV came from the cache) a cached outcome is taken as is, so a repeated
     sweep refits only the overall winner.
@@ -330,6 +384,11 @@ def _refit_and_test(head, params: dict, Z, y, test, columns, y_test, results: _R
         predicted = model.predict(np.ascontiguousarray(test.vectors[:, columns]))
         outcome["test_accuracy"] = float(accuracy_score(y_test, predicted))
         outcome["test_macro_f1"] = float(f1_score(y_test, predicted, average="macro"))
+    if target is not None:
+        Z_target = np.ascontiguousarray(target.vectors[:, columns])
+        if y_target is not None:
+            outcome["target_accuracy"] = float(accuracy_score(y_target, model.predict(Z_target)))
+        outcome["target_score"] = _target_score(model, Z_target)
     if isinstance(head, str):
         results.put(key, outcome)
     return outcome
@@ -340,7 +399,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
           cv: int = 5, grids: dict | None = None, views: bool = True, transferability: bool = True,
           cache_dir=None, run_dir=None, seed: int = 0, n_jobs: int | None = None, progress: bool = True,
           report: bool = True, engine: str = "local", source: dict | None = None, rank_by: str = "cv",
-          cv_top_k: int | None = None, scoring: str = "accuracy", task: str = "auto") -> SweepResult:
+          cv_top_k: int | None = None, scoring: str = "accuracy", task: str = "auto", X_target=None,
+          y_target=None) -> SweepResult:
     """Rank every backbone × view × head on ``(X, y)`` by cross-validated accuracy (or ``scoring``).
 
     Every argument is checked before anything is embedded.  With ``run_dir`` the results are saved
@@ -399,6 +459,13 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         ``"auto"``: a regression when ``y`` is continuous (many distinct non-integer floats).  A
         regression sweep (``sweep_regression``) ranks by CV R², reports MAE and scores
         transferability with LogME's regression form.
+    X_target, y_target : sequence, array-like, optional
+        Samples of a new domain (same modality as ``X``), embedded once per backbone like the test
+        split and never used for training or ranking.  Each row then reports ``target_score``, an
+        unsupervised score of its refitted head on ``X_target`` (negative mean prediction entropy,
+        in nats: nearer 0 is more confident; ``None`` for a head without ``predict_proba``) and, with
+        ``y_target``, ``target_accuracy``: read them to pick the setup that transfers.  The ranking
+        stays by cross-validation.  Classification sweeps only.
 
     Returns
     -------
@@ -419,6 +486,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
 
     metric = _scoring_metric(scoring)
     if _is_regression(y, task):
+        if X_target is not None or y_target is not None:
+            raise BadInputError("X_target/y_target: a regression sweep does not score a target domain yet; drop them")
         return sweep_regression(X, y, backbones, heads, backbone_options=backbone_options, cv=cv, grids=grids,
                                 views=views, transferability=transferability, cache_dir=cache_dir, seed=seed,
                                 n_jobs=n_jobs, progress=progress, engine=engine, X_test=X_test, y_test=y_test,
@@ -434,12 +503,13 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     _check_ranking(rank_by, cv_top_k, transferability)
     y = labels_or_raise(y, len(X))
     X, y, X_test, y_test = _train_and_test(X, y, X_test, y_test, test_size, seed)
+    X_target, y_target = _target_domain(X, X_target, y_target)
     folds = _folds(y, cv, seed, after_split=bool(test_size))
     results = _ResultsCache(cache_dir)
     rows: list[dict] = []
     fitted: dict[tuple, tuple] = {}
     manifest_backbones = []
-    data_key = test_key = None
+    data_key = test_key = target_key = None
     hashed: dict[str, tuple] = {}  # modality -> (train, test) samples: content hashed once for every backbone
 
     candidates: list[dict] = []  # one per backbone/view: its features and scores, cross-validated below
@@ -450,17 +520,23 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
             + (" (random init: no pretrained weights)" if described["random_init"] else ""))
         if backbone.modality not in hashed:
             hashed[backbone.modality] = (as_samples(X, backbone.modality),
-                                         as_samples(X_test, backbone.modality) if X_test is not None else None)
-        train_samples, test_samples = hashed[backbone.modality]
+                                         as_samples(X_test, backbone.modality) if X_test is not None else None,
+                                         as_samples(X_target, backbone.modality) if X_target is not None else None)
+        train_samples, test_samples, target_samples = hashed[backbone.modality]
         train = extract(backbone, train_samples, cache_dir=cache_dir, progress=progress, engine=engine)
         test = extract(backbone, test_samples, cache_dir=cache_dir, progress=progress, engine=engine) if test_samples is not None else None
+        target = (extract(backbone, target_samples, cache_dir=cache_dir, progress=progress, engine=engine)
+                  if target_samples is not None else None)
         if data_key is None:
             data_key = digest("data", train_samples.keys.tobytes().hex(), [str(v) for v in y])
         if test is not None and test_key is None:
             test_key = digest("test", test_samples.keys.tobytes().hex(), [str(v) for v in y_test])
-        extract_s = train.stats.seconds + (test.stats.seconds if test else 0.0)
-        hits = train.stats.hits + (test.stats.hits if test else 0)
-        embedded = train.stats.embedded + (test.stats.embedded if test else 0)
+        if target is not None and target_key is None:
+            target_key = digest("target", target_samples.keys.tobytes().hex(),
+                                None if y_target is None else [str(v) for v in y_target])
+        extract_s = sum(part.stats.seconds for part in (train, test, target) if part is not None)
+        hits = sum(part.stats.hits for part in (train, test, target) if part is not None)
+        embedded = sum(part.stats.embedded for part in (train, test, target) if part is not None)
         manifest_backbones.append({**described, "fingerprint": backbone.fingerprint(), "store_key": train.stats.store_key,
                                    "dim": backbone.dim, "views": list(backbone.views)})
         whole = [("all", slice(0, backbone.dim))]
@@ -478,7 +554,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
                 if n_parameters is not None:  # a backbone featx cannot count has no static rank
                     scores[STATIC] = static_prior(n_parameters, view, list(backbone.views))
             candidates.append({"spec": spec, "options": options, "described": described, "view": view, "columns": columns,
-                               "Z": Z, "test": test, "base_key": base_key, "scores": scores,
+                               "Z": Z, "test": test, "target": target, "base_key": base_key, "scores": scores,
                                "info": {"extract_seconds": extract_s, "cache_hits": hits, "embedded": embedded}})
 
     def cv_key(candidate, head):
@@ -506,11 +582,13 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
                    **candidate["info"], "cv_from_cache": cached_cv,
                    **{f"score_{k}": v for k, v in candidate["scores"].items()}}
             row.update(_refit_and_test(head, cv_result["params"], Z, y, test, columns, y_test, results,
-                                       digest(head_key, test_key), reuse=cached_cv))
+                                       digest(head_key, test_key, *(() if target_key is None else (target_key,))),
+                                       reuse=cached_cv, target=candidate["target"], y_target=y_target))
             rows.append(row)
             fitted[(*setup_key(row), name)] = (candidate["spec"], candidate["options"], head, columns, test, Z)
             say(f"[sweep]   {described['name']} {view:8s} {name:7s} cv acc {row['cv_accuracy']:.3f} ± "
                 f"{row['cv_accuracy_std']:.3f}" + (f"  test {row['test_accuracy']:.3f}" if row["test_accuracy"] is not None else "")
+                + (f"  target {row['target_accuracy']:.3f}" if row.get("target_accuracy") is not None else "")
                 + ("  (cv cached)" if cached_cv else ""))
     scored_only = [{"backbone": c["described"]["name"], "view": c["view"], "random_init": c["described"]["random_init"],
                     **{f"score_{k}": v for k, v in c["scores"].items()}} for c in candidates[len(chosen):]]
@@ -546,6 +624,8 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         "metric": scoring, "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_accuracy", "test_accuracy")},
     }
     manifest.update(rank_by=rank_by, cv_top_k=cv_top_k)
+    if X_target is not None:
+        manifest.update(n_target=len(X_target), target_labelled=y_target is not None)
     result = SweepResult(rows, best, manifest, rank_correlations(rows), evaluation, source,
                          agreement=rank_agreement(rows), selection=selection, scored_only=scored_only)
     if run_dir is not None:
