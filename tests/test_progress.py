@@ -48,7 +48,7 @@ def test_fine_tuning_prints_each_epochs_batches_and_summary(tiny_bert_dir, tmp_p
         mine = [line for line in out if line.startswith(f"epoch {epoch}/2:")]
         assert mine[0].startswith(f"epoch {epoch}/2:   0% 0/4 [")
         assert re.match(rf"epoch {epoch}/2: 100% 4/4 \[.*(batch/s|s/batch), loss \d+\.\d{{4}}\]$", mine[-2]), mine
-        assert re.match(rf"epoch {epoch}/2: train loss \d+\.\d{{4}}  val loss \d+\.\d{{4}}  val acc \d\.\d{{4}}", mine[-1])
+        assert re.match(rf"epoch {epoch}/2: train loss \d+\.\d{{4}}  val loss \d+\.\d{{4}}  val accuracy \d\.\d{{4}}", mine[-1])
     unique = len(set(X))  # repeated texts are embedded once: the others count as cached
     assert f"hf/{tiny_bert_dir}: 100% 40/40" in out[1] and f"{40 - unique} cached, {unique} embedded]" in out[1]
 
