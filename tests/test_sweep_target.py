@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 
 import numpy as np
@@ -13,23 +12,7 @@ from sklearn.datasets import make_blobs
 
 import featx
 from featx.heads import make_head
-
-
-class TableBackbone(featx.Backbone):
-    """Texts are ids ("s17"); their vectors are rows of a fixed table."""
-
-    modality = "text"
-
-    def __init__(self, table: np.ndarray, name: str):
-        self.table, self.name, self.dim = table.astype(np.float32), name, table.shape[1]
-        self.embedded = 0
-
-    def fingerprint(self) -> str:
-        return featx.digest(self.name, hashlib.sha256(self.table.tobytes()).hexdigest())
-
-    def embed_batch(self, items):
-        self.embedded += len(items)
-        return self.table[[int(t[1:]) for t in items]]
+from test_sweep import TableBackbone  # the sweep tests' table-lookup backbone
 
 
 @pytest.fixture
