@@ -1,8 +1,8 @@
 """Load test of `featx serve`: concurrent clients on loopback for a bounded time, dynamic batching vs batch 1.
 
-    .venv/bin/python benchmarks/bench_serve.py [--clients 16] [--seconds 20] [--modality text|image] [--onnx DIR]
+    .venv/bin/python benchmarks/bench_serve.py [--clients 16] [--seconds 20] [--modality text|image] [--onnx]
 
-A real model is fitted first (MiniLM + logreg on 200 BBC articles, or Lite0 + logreg on the textile
+A real model is fitted first (MiniLM + logreg on 200 BBC articles, or Lite0 + logreg on 300 textile
 images; through $FEATX_CACHE_DIR), then served by the `featx` executable with a fresh embedding cache,
 and each client posts one sample per request (every text distinct, so the cache never answers in
 the model's place) over a keep-alive connection.  Reported per setting: requests/s, p50/p99 latency,
@@ -45,10 +45,12 @@ def fit_model(modality: str, out: Path) -> Path:
             texts, topics = getdata("bbcnews")
         model = featx.TransferClassifier("hf/all-MiniLM-L6-v2", head="logreg").fit(list(texts[::10]), np.asarray(topics)[::10])
     else:
-        from featx.demo import textile_data
+        from featx.demo import textile_defects
 
-        paths, labels = textile_data(quick=True)
-        model = featx.TransferClassifier("timm/tf_efficientnet_lite0", head="logreg").fit(paths, labels)
+        task = textile_defects()
+        train = np.random.default_rng(0).permutation(task.pool)[:300]
+        model = featx.TransferClassifier("timm/tf_efficientnet_lite0", head="logreg").fit(
+            [task.items[i] for i in train], task.labels[train])
     featx.save(model, out)
     return out
 
@@ -155,7 +157,7 @@ def main() -> dict:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--modality", choices=["text", "image"], default="text")
-    parser.add_argument("--onnx", help="also serve this folder written by `featx export` (same model)")
+    parser.add_argument("--onnx", action="store_true", help="also export the model and serve the exported folder")
     args = parser.parse_args()
     uptime = lambda: Path("/proc/loadavg").read_text().split()[:3]  # noqa: E731
     with tempfile.TemporaryDirectory() as folder:
@@ -165,8 +167,11 @@ def main() -> dict:
         settings = [("torch, dynamic batching", model, ["--max-batch", "32", "--max-wait-ms", "5"]),
                     ("torch, --max-batch 1", model, ["--max-batch", "1"])]
         if args.onnx:
-            settings += [("onnx, dynamic batching", Path(args.onnx), ["--max-batch", "32", "--max-wait-ms", "5"]),
-                         ("onnx, --max-batch 1", Path(args.onnx), ["--max-batch", "1"])]
+            import featx
+
+            exported = featx.export(featx.load(model), Path(folder) / "exported")
+            settings += [("onnx, dynamic batching", exported, ["--max-batch", "32", "--max-wait-ms", "5"]),
+                         ("onnx, --max-batch 1", exported, ["--max-batch", "1"])]
         results = [run(m, label, bodies, args.clients, args.seconds, options) for label, m, options in settings]
     payload = {"modality": args.modality, "clients": args.clients, "seconds": args.seconds,
                "load_average_before": load_before, "load_average_after": uptime(), "settings": results}

@@ -152,6 +152,9 @@ class LinearProbe(_Head):
                                                               max_iter=self.max_iter))
 
 
+SVM_FOLDS = 3  # the calibration folds of the svm head
+
+
 class SVMHead(_Head):
     """Standardised features + a support vector machine, with probabilities calibrated on
     internal folds (Platt scaling).
@@ -186,7 +189,16 @@ class SVMHead(_Head):
         from sklearn.svm import SVC
 
         svm = SVC(C=self.C, kernel=self.kernel, gamma=self.gamma, random_state=0)
-        return make_pipeline(StandardScaler(), CalibratedClassifierCV(svm, ensemble=False, cv=3))
+        return make_pipeline(StandardScaler(), CalibratedClassifierCV(svm, ensemble=False, cv=SVM_FOLDS))
+
+    def _check_targets(self, X, y):
+        X, y = super()._check_targets(X, y)
+        labels, counts = np.unique(y, return_counts=True)
+        if len(labels) > 1 and counts.min() < SVM_FOLDS:  # one class: scikit-learn says so itself
+            raise BadInputError(f"the svm head calibrates its probabilities on {SVM_FOLDS} folds, so it needs at least "
+                                f"{SVM_FOLDS} samples of each class; class {labels[counts.argmin()].item()!r} has "
+                                f"{counts.min()}: add samples of that class or use the logreg head")
+        return X, y
 
     def _fit_params(self, y) -> dict:
         """``class_weight`` as sample weights, so that both the SVM and its calibration see them

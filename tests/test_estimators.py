@@ -98,6 +98,14 @@ def test_unknown_head_suggests_names(cache_dir):
         featx.TransferClassifier(WordBackbone(), head="logregg", cache_dir=cache_dir).fit(X, y)
 
 
+def test_svm_head_with_too_few_samples_of_a_class_names_it():
+    from featx.heads import make_head
+
+    X = np.random.default_rng(0).normal(size=(8, 4))
+    with pytest.raises(BadInputError, match=r"at least 3 samples of each class; class 'rare' has 2.*logreg head"):
+        make_head("svm").fit(X, ["common"] * 6 + ["rare"] * 2)
+
+
 @pytest.mark.parametrize(
     "X, y, message",
     [

@@ -222,16 +222,35 @@ def test_onnx_model_runs_where_torch_cannot_be_imported(images, tmp_path):
     assert result["label"] == model.predict(paths).tolist()
 
 
-@pytest.mark.integration
-def test_real_textile_model_matches_the_torch_path(tmp_path):
-    """The demo's image model on real photos (Lite0 at 64 px + logreg, 30 textile images)."""
+@pytest.fixture(scope="module")
+def textile_photos():
+    """30 real textile photos (the demo's data), 10 of each class: the first 8 of each to fit, all to compare."""
     import conformal_clip_data
 
     from featx.data.loaders import load_image_folder
 
     paths, labels = load_image_folder(conformal_clip_data.textile_simulated_root())
-    pick = np.random.default_rng(0).choice(len(paths), 30, replace=False)
-    X, y = [paths[i] for i in pick], [labels[i] for i in pick]
-    model = featx.TransferClassifier("timm/tf_efficientnet_lite0", head="logreg", cache_dir=tmp_path / "cache",
-                                     device="cpu", backbone_options={"image_size": 64}).fit(X[:20], y[:20])
+    rng, labels = np.random.default_rng(0), np.asarray(labels)
+    per_class = [rng.choice(np.flatnonzero(labels == c), 10, replace=False) for c in np.unique(labels)]
+    pick = np.concatenate([p[:8] for p in per_class] + [p[8:] for p in per_class])
+    return [paths[i] for i in pick], labels[pick].tolist()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("head", ["logreg", "svm", "mlp"])
+def test_real_textile_model_matches_the_torch_path(head, textile_photos, tmp_path):
+    """The demo's image model on real photos (Lite0 at 64 px, 24 fitted, 30 compared) with each built-in head."""
+    X, y = textile_photos
+    model = featx.TransferClassifier("timm/tf_efficientnet_lite0", head=head, cache_dir=tmp_path / "cache",
+                                     device="cpu", backbone_options={"image_size": 64}).fit(X[:24], y[:24])
+    assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx")), X)
+
+
+@pytest.mark.integration
+def test_real_finetuned_image_model_matches_the_torch_path(textile_photos, tmp_path):
+    """A fine-tuned Lite0 (pretrained weights, one full epoch on 24 real photos) exported whole."""
+    X, y = textile_photos
+    model = featx.FineTunedClassifier("timm/tf_efficientnet_lite0", {"image_size": 64}, strategy="full", epochs=1,
+                                      batch_size=10, device="cpu",
+                                      cache_dir=tmp_path / "cache").fit(X[:24], y[:24])
     assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx")), X)

@@ -88,10 +88,10 @@ def alive(pid: int) -> bool:
 class Server:
     """`featx serve MODEL` in a subprocess, answering on ``self.url``."""
 
-    def __init__(self, model: Path, cache: Path, *options: str) -> None:
+    def __init__(self, model: Path, cache: Path, *options: str, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "FEATX_CACHE_DIR": str(cache)}
+        env = {**os.environ, "FEATX_CACHE_DIR": str(cache), **(env or {})}
         self.proc = subprocess.Popen([str(FEATX), "serve", str(model), "--port", str(self.port), *options],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -190,6 +190,43 @@ def image_server(servers):
 @pytest.fixture(scope="module")
 def text_server(servers):
     return servers[1]
+
+
+NO_TRAINING_STACK = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm", "transformers", "sklearn", "h5py", "skada"):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_an_exported_folder_is_served_without_the_training_stack(image_model, cache, tmp_path):
+    """`featx serve DIR` where torch, timm, transformers, scikit-learn, h5py and skada cannot be imported:
+    what a machine with only `featx[serve]`'s packages runs."""
+    from PIL import Image
+
+    model, _ = image_model
+    exported = featx.export(model, tmp_path / "exported")
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(NO_TRAINING_STACK)
+    root = str(Path(featx.__file__).parent.parent)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), root])}
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **env}, capture_output=True,
+                             text=True)
+    assert "blocked in this test" in blocked.stderr  # the blocker works
+    server = Server(exported, cache, env=env).wait_until_up()
+    try:
+        images = pictures(4, seed=9)
+        status, answer = server.post_json({"images": [base64.b64encode(png(p)).decode() for p in images]})
+        assert status == 200, answer
+        expected = model.predict_proba([Image.fromarray(p) for p in images])
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-4)
+        assert answer["predictions"] == model.predict([Image.fromarray(p) for p in images]).tolist()
+        assert server.request("GET", "/metadata")[1]["classes"] == ["blue", "red"]
+    finally:
+        assert server.stop(signal.SIGINT) == 0
 
 
 # -- answers -----------------------------------------------------------------------------------------
