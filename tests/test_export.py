@@ -145,6 +145,26 @@ class Nearest(ClassifierMixin, BaseEstimator):
         return self.y_[np.argmin(((np.asarray(X)[:, None] - self.X_[None]) ** 2).sum(-1), axis=1)]
 
 
+@pytest.mark.parametrize("adapt", ["coral", "sa"])
+def test_adapted_heads_export_with_their_linear_map(adapt, images, tmp_path):
+    X, y = images
+    model = featx.TransferClassifier(IMAGE, adapt=adapt, cache_dir=tmp_path / "cache", device="cpu",
+                                     backbone_options={"image_size": 32, "pretrained": False})
+    model.fit(X[::2], y[::2], X_target=X[1::2])
+    exported = OnnxModel(featx.export(model, tmp_path / "onnx"))
+    assert_parity(model, exported, X[1::2])
+    assert exported.predict(X[1::2]).dtype.kind == "U"  # class values, not the adapted head's class codes
+
+
+def test_a_self_trained_head_is_refused(images, tmp_path):
+    X, y = images
+    model = featx.TransferClassifier(IMAGE, adapt="self-training", cache_dir=tmp_path / "cache", device="cpu",
+                                     backbone_options={"image_size": 32, "pretrained": False})
+    model.fit(X[::2], y[::2], X_target=X[1::2])
+    with pytest.raises(BadInputError, match="self-training.*adapt='coral', 'sa'"):
+        featx.export(model, tmp_path / "onnx")
+
+
 def test_a_head_skl2onnx_cannot_convert_is_named(images, tmp_path):
     X, y = images
     model = fit(Nearest(), X, y, tmp_path / "cache")
@@ -243,6 +263,17 @@ def test_real_textile_model_matches_the_torch_path(head, textile_photos, tmp_pat
     X, y = textile_photos
     model = featx.TransferClassifier("timm/tf_efficientnet_lite0", head=head, cache_dir=tmp_path / "cache",
                                      device="cpu", backbone_options={"image_size": 64}).fit(X[:24], y[:24])
+    assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx")), X)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("adapt", ["coral", "sa"])
+def test_real_adapted_textile_model_matches_the_torch_path(adapt, textile_photos, tmp_path):
+    """Lite0 + logreg adapted to the 6 held-out photos as the unlabelled target domain."""
+    X, y = textile_photos
+    model = featx.TransferClassifier("timm/tf_efficientnet_lite0", adapt=adapt, cache_dir=tmp_path / "cache",
+                                     device="cpu", backbone_options={"image_size": 64})
+    model.fit(X[:24], y[:24], X_target=X[24:])
     assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx")), X)
 
 

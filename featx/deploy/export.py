@@ -56,7 +56,8 @@ def export(model: Any, out_dir: str | os.PathLike, *, opset: int | None = None, 
     model : TransferClassifier or FineTunedClassifier
         A fitted featx classifier with a timm or transformers backbone.  A ``TransferClassifier``'s
         head is any built-in one (``logreg``, ``svm``, ``mlp``, ``knn``) or a scikit-learn
-        classifier that skl2onnx converts.
+        classifier that skl2onnx converts; adapted with ``adapt="coral"`` or ``"sa"``, its adapter's
+        linear map comes first in the graph.
     out_dir : str or path
         The folder to write (created; files of an earlier export there are replaced).
     opset : int, optional
@@ -205,10 +206,10 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
 
     from ..heads import HEADS, _Head, head_name
 
-    head = model.head_
+    head, affine = _unadapted(model.head_, model.n_features_in_)
     estimator = head.model_ if isinstance(head, _Head) else head  # built-in heads wrap a Pipeline
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    width = model.n_features_in_
+    width = model.n_features_in_ if affine is None else affine[0].shape[1]  # SA maps to fewer columns
     try:
         onx = convert_sklearn(estimator, initial_types=[("features", FloatTensorType([None, width]))],
                               target_opset={"": opset, "ai.onnx.ml": ml_opset},
@@ -228,7 +229,55 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
     _rename(onx.graph, probabilities, "probabilities")
     if onx.graph.output[1].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise BadInputError(f"cannot export head {type(final).__name__}: its probabilities are not float32")
+    if affine is not None:  # an adapted head: its adapter first; it was fitted on class codes
+        _prepend_affine(onx.graph, *affine)
+        _rename(onx.graph, "label", "class_code")
+        onx.graph.output.remove(next(o for o in onx.graph.output if o.name == "class_code"))
+        onx = _add_label(onx, np.asarray(model.classes_))
     return onx
+
+
+def _unadapted(head, width: int):
+    """``(head, None)``; for an ``AdaptedHead``, ``(its fitted inner head, (A, b))``: the affine map
+    ``x @ A + b`` its adapter applies to target samples, read off the adapter and checked to be it.
+
+    skl2onnx has no converter for skada's adapters; the map of a linear one (CORAL, subspace
+    alignment) is two ONNX nodes, so featx writes those itself.
+    """
+    from ..shift.adapt import AdaptedHead, skada_routing
+
+    if not isinstance(head, AdaptedHead):
+        return head, None
+    adapter, inner = head.pipeline_[:-1], head.pipeline_.steps[-1][1].base_estimator_
+    if head.adapt_ == "self-training":
+        raise BadInputError("cannot export a head adapted by self-training: export takes the linear adapters "
+                            "(adapt='coral', 'sa', or what adapt='auto' chose when it is one of them)")
+    if not len(adapter):  # adapt="auto" kept the head as it was
+        return inner, (np.eye(width), np.zeros(width))
+    probe = np.random.default_rng(0).normal(size=(8, width))
+    with skada_routing():
+        offset = adapter.transform(np.zeros((1, width)))[0]
+        matrix = adapter.transform(np.eye(width)) - offset
+        mapped = adapter.transform(probe)
+    if mapped.shape[1] != matrix.shape[1] or not np.allclose(probe @ matrix + offset, mapped, rtol=1e-5, atol=1e-6):
+        raise BadInputError(f"cannot export adapter {head.adapt_!r}: it is not a linear map of the embeddings; "
+                            f"export takes adapt='coral' or 'sa'")
+    return inner, (matrix, offset)
+
+
+def _prepend_affine(graph, matrix: np.ndarray, offset: np.ndarray) -> None:
+    """Make the graph's input ``features`` pass through ``features @ matrix + offset`` first."""
+    from onnx import helper, numpy_helper
+
+    _rename(graph, "features", "adapted_features")
+    graph.input[0].name = "features"
+    graph.input[0].type.tensor_type.shape.dim[1].dim_value = matrix.shape[0]
+    graph.initializer.extend([numpy_helper.from_array(matrix.astype(np.float32), "adapt_matrix"),
+                              numpy_helper.from_array(offset.astype(np.float32), "adapt_offset")])
+    nodes = [helper.make_node("MatMul", ["features", "adapt_matrix"], ["adapt_product"]),
+             helper.make_node("Add", ["adapt_product", "adapt_offset"], ["adapted_features"])]
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
 
 
 def _dedupe_opsets(graph) -> None:
