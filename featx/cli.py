@@ -933,6 +933,12 @@ def cli_words(message: str) -> str:
     return re.sub(rf"\b({'|'.join(FLAGS)})=(\{{[^}}]*\}}|'[^']*'|\"[^\"]*\"|)", flag, message)
 
 
+EXTRAS = {**dict.fromkeys(["torch", "torchvision", "timm", "transformers", "sklearn", "h5py", "pluggy", "skops",
+                            "safetensors", "matplotlib", "tqdm", "skada"], "train"),
+          **dict.fromkeys(["onnxruntime", "tokenizers", "fastapi", "uvicorn", "multipart"], "serve"),
+          **dict.fromkeys(["onnx", "onnxscript", "skl2onnx"], "export")}  # import name -> the extra installing it
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -953,6 +959,13 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         except FeatxError as exc:
             print(f"featx: error: {cli_words(str(exc))}", file=sys.stderr)
+            return 2
+        except ModuleNotFoundError as exc:
+            extra = EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            print(f"featx: error: `featx {args.command}` needs {exc.name.split('.')[0]}, which is not installed: "
+                  f"pip install 'featx[{extra}]'", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("featx: interrupted; finished shards are kept in the cache", file=sys.stderr)

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -197,7 +198,7 @@ import sys
 class Blocker:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "torchvision", "timm", "transformers", "sklearn", "h5py", "skada"):
-            raise ImportError(f"{name} is blocked in this test")
+            raise ModuleNotFoundError(f"{name} is blocked in this test", name=name)  # as if not installed
 sys.meta_path.insert(0, Blocker())
 """
 
@@ -227,6 +228,32 @@ def test_an_exported_folder_is_served_without_the_training_stack(image_model, ca
         assert server.request("GET", "/metadata")[1]["classes"] == ["blue", "red"]
     finally:
         assert server.stop(signal.SIGINT) == 0
+
+
+def test_the_serve_extra_and_the_base_install_bring_no_training_stack():
+    import tomllib
+
+    project = tomllib.loads((Path(featx.__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    names = lambda requirements: {re.split(r"[\[<>=!~ ;]", r)[0].lower() for r in requirements}  # noqa: E731
+    serving = names(project["dependencies"]) | names(project["optional-dependencies"]["serve"])
+    assert serving >= {"onnxruntime", "tokenizers", "pillow", "numpy", "fastapi", "uvicorn"}
+    training = {"torch", "torchvision", "timm", "transformers", "scikit-learn", "h5py", "skada"}
+    assert not serving & training and names(project["optional-dependencies"]["train"]) >= training
+
+
+def test_a_command_without_the_training_stack_names_the_extra(tmp_path):
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(NO_TRAINING_STACK)
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"),
+                                                         str(Path(featx.__file__).parent.parent)])}
+    run = subprocess.run([str(FEATX), "fit", str(tmp_path / "photos"), "-b", "timm/tf_efficientnet_lite0",
+                          "--out", str(tmp_path / "m.featx")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert re.fullmatch(r"featx: error: `featx fit` needs \w+, which is not installed: pip install 'featx\[train\]'\n",
+                        run.stderr), run.stderr
 
 
 # -- answers -----------------------------------------------------------------------------------------
