@@ -218,7 +218,7 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
         raise BadInputError(
             f"cannot export head {head_name(model.head)!r} ({type(final).__name__}): skl2onnx cannot convert it "
             f"({str(exc).splitlines()[0][:200]}). Exportable heads: the built-in {', '.join(HEADS)}, or a scikit-learn "
-            f"classifier skl2onnx supports (LogisticRegression, LinearSVC, RandomForestClassifier, "
+            f"classifier skl2onnx supports (LogisticRegression, RandomForestClassifier, "
             f"GradientBoostingClassifier, KNeighborsClassifier, MLPClassifier, ...)"
         ) from None
     if next(o.version for o in onx.opset_import if o.domain in ("", "ai.onnx")) != opset:
