@@ -961,11 +961,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"featx: error: {cli_words(str(exc))}", file=sys.stderr)
             return 2
         except ModuleNotFoundError as exc:
-            extra = EXTRAS.get((exc.name or "").split(".")[0])
-            if extra is None:
+            package = (exc.name or "").split(".")[0]
+            if package not in EXTRAS:
                 raise
-            print(f"featx: error: `featx {args.command}` needs {exc.name.split('.')[0]}, which is not installed: "
-                  f"pip install 'featx[{extra}]'", file=sys.stderr)
+            print(f"featx: error: `featx {args.command}` needs {package}, which is not installed: "
+                  f"pip install 'featx[{EXTRAS[package]}]'", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("featx: interrupted; finished shards are kept in the cache", file=sys.stderr)

@@ -76,3 +76,28 @@ def tiny_bert_dir(tmp_path_factory):
                         intermediate_size=37, max_position_embeddings=64)
     BertModel(config).save_pretrained(path)
     return path
+
+
+NO_TRAINING_STACK = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm", "transformers", "sklearn", "h5py", "skada"):
+            raise ModuleNotFoundError(f"{name} is blocked in this test", name=name)  # as if not installed
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def without_training_stack(folder) -> dict:
+    """Environment variables under which a subprocess cannot import featx's training stack."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (Path(folder) / "sitecustomize.py").write_text(NO_TRAINING_STACK)
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), str(Path(featx.__file__).parent.parent)])}
+    check = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **env}, capture_output=True,
+                           text=True)
+    assert "blocked in this test" in check.stderr  # the blocker works
+    return env

@@ -17,6 +17,7 @@ import featx
 from featx.cli import main
 from featx.errors import BadInputError
 from featx.serving import OnnxModel
+from conftest import without_training_stack
 
 IMAGE = "timm/test_efficientnet"
 TOLERANCE = 1e-4
@@ -201,15 +202,6 @@ def test_cli_export(images, tmp_path, capsys):
     assert err.startswith("featx: error: ") and err.count("\n") == 1  # one line, no traceback
 
 
-BLOCKER = """
-import sys
-class Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "timm", "transformers", "torchvision", "sklearn"):
-            raise ImportError(f"{name} is blocked in this test")
-sys.meta_path.insert(0, Blocker())
-"""
-
 CLIENT = """
 import json, sys
 import numpy as np
@@ -226,13 +218,8 @@ def test_onnx_model_runs_where_torch_cannot_be_imported(images, tmp_path):
     model = fit("logreg", X, y, tmp_path / "cache")
     out = featx.export(model, tmp_path / "onnx")
     paths = [x for x in X if isinstance(x, str)]
-    (tmp_path / "blocker").mkdir()
-    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
     (tmp_path / "inputs.json").write_text(json.dumps(paths))
-    root = str(Path(featx.__file__).parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), root])}
-    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
-    assert "blocked in this test" in check.stderr  # the blocker works
+    env = {**os.environ, **without_training_stack(tmp_path)}
     run = subprocess.run([sys.executable, "-c", CLIENT, str(out), str(tmp_path / "inputs.json")], env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

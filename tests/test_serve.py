@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import featx
-from conftest import WORDS
+from conftest import WORDS, without_training_stack
 
 FEATX = Path(sys.executable).parent / "featx"
 MAX_BATCH, MAX_ITEMS, MAX_BYTES = 8, 10, 200_000
@@ -193,16 +193,6 @@ def text_server(servers):
     return servers[1]
 
 
-NO_TRAINING_STACK = """
-import sys
-class Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision", "timm", "transformers", "sklearn", "h5py", "skada"):
-            raise ModuleNotFoundError(f"{name} is blocked in this test", name=name)  # as if not installed
-sys.meta_path.insert(0, Blocker())
-"""
-
-
 def test_an_exported_folder_is_served_without_the_training_stack(image_model, cache, tmp_path):
     """`featx serve DIR` where torch, timm, transformers, scikit-learn, h5py and skada cannot be imported:
     what a machine with only `featx[serve]`'s packages runs."""
@@ -210,14 +200,7 @@ def test_an_exported_folder_is_served_without_the_training_stack(image_model, ca
 
     model, _ = image_model
     exported = featx.export(model, tmp_path / "exported")
-    (tmp_path / "blocker").mkdir()
-    (tmp_path / "blocker" / "sitecustomize.py").write_text(NO_TRAINING_STACK)
-    root = str(Path(featx.__file__).parent.parent)
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), root])}
-    blocked = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **env}, capture_output=True,
-                             text=True)
-    assert "blocked in this test" in blocked.stderr  # the blocker works
-    server = Server(exported, cache, env=env).wait_until_up()
+    server = Server(exported, cache, env=without_training_stack(tmp_path)).wait_until_up()
     try:
         images = pictures(4, seed=9)
         status, answer = server.post_json({"images": [base64.b64encode(png(p)).decode() for p in images]})
@@ -242,12 +225,9 @@ def test_the_serve_extra_and_the_base_install_bring_no_training_stack():
 
 
 def test_a_command_without_the_training_stack_names_the_extra(tmp_path):
-    (tmp_path / "blocker").mkdir()
-    (tmp_path / "blocker" / "sitecustomize.py").write_text(NO_TRAINING_STACK)
     for label in ("a", "b"):
         (tmp_path / "photos" / label).mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"),
-                                                         str(Path(featx.__file__).parent.parent)])}
+    env = {**os.environ, **without_training_stack(tmp_path)}
     run = subprocess.run([str(FEATX), "fit", str(tmp_path / "photos"), "-b", "timm/tf_efficientnet_lite0",
                           "--out", str(tmp_path / "m.featx")],
                          env=env, capture_output=True, text=True, timeout=120)

@@ -207,6 +207,7 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
     from ..heads import HEADS, _Head, head_name
 
     head, affine = _unadapted(model.head_, model.n_features_in_)
+    adapted = head is not model.head_  # fitted on class codes: the label comes from the probabilities
     estimator = head.model_ if isinstance(head, _Head) else head  # built-in heads wrap a Pipeline
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     width = model.n_features_in_ if affine is None else affine[0].shape[1]  # SA maps to fewer columns
@@ -229,8 +230,9 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
     _rename(onx.graph, probabilities, "probabilities")
     if onx.graph.output[1].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise BadInputError(f"cannot export head {type(final).__name__}: its probabilities are not float32")
-    if affine is not None:  # an adapted head: its adapter first; it was fitted on class codes
+    if affine is not None:
         _prepend_affine(onx.graph, *affine)
+    if adapted:
         _rename(onx.graph, "label", "class_code")
         onx.graph.output.remove(next(o for o in onx.graph.output if o.name == "class_code"))
         onx = _add_label(onx, np.asarray(model.classes_))
@@ -239,7 +241,8 @@ def _head_graph(model, backbone, opset: int, ml_opset: int):
 
 def _unadapted(head, width: int):
     """``(head, None)``; for an ``AdaptedHead``, ``(its fitted inner head, (A, b))``: the affine map
-    ``x @ A + b`` its adapter applies to target samples, read off the adapter and checked to be it.
+    ``x @ A + b`` its adapter applies to target samples, read off the adapter and checked to be it
+    (``None`` when ``adapt="auto"`` kept the head as it was).
 
     skl2onnx has no converter for skada's adapters; the map of a linear one (CORAL, subspace
     alignment) is two ONNX nodes, so featx writes those itself.
@@ -252,8 +255,8 @@ def _unadapted(head, width: int):
     if head.adapt_ == "self-training":
         raise BadInputError("cannot export a head adapted by self-training: export takes the linear adapters "
                             "(adapt='coral', 'sa', or what adapt='auto' chose when it is one of them)")
-    if not len(adapter):  # adapt="auto" kept the head as it was
-        return inner, (np.eye(width), np.zeros(width))
+    if not len(adapter):
+        return inner, None
     probe = np.random.default_rng(0).normal(size=(8, width))
     with skada_routing():
         offset = adapter.transform(np.zeros((1, width)))[0]
