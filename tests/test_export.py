@@ -105,6 +105,22 @@ def test_text_model_matches_the_torch_path(tiny_bert_dir, tmp_path):
     assert exported.predict(X).dtype.kind == "i" and exported.metadata["max_length"] == 48
 
 
+def test_text_export_traces_eager_attention_and_leaves_the_encoder_as_it_was(tiny_bert_dir, tmp_path):
+    """The exported encoder has no IsNaN/Where pass over its attention matrices (torch's SDPA graph
+    has one per layer); the fitted model keeps the attention implementation it had."""
+    import onnx
+
+    X, y = ["the cat sat", "a big cat", "stock market fell", "the market rose"] * 3, [0, 0, 1, 1] * 3
+    model = featx.TransferClassifier(f"hf/{tiny_bert_dir}", cache_dir=tmp_path / "cache", device="cpu").fit(X, y)
+    before = model.backbone_.model.config._attn_implementation
+    assert before == "sdpa"
+    out = featx.export(model, tmp_path / "onnx")
+    assert model.backbone_.model.config._attn_implementation == before
+    ops = [node.op_type for node in onnx.load(out / "model.onnx").graph.node]
+    assert ops.count("Softmax") == 2 and "IsNaN" not in ops  # one softmax per layer, no NaN masking
+    assert_parity(model, OnnxModel(out), X)
+
+
 def test_finetuned_model_exports_whole(tiny_bert_dir, tmp_path):
     X = ["the cat sat on the mat", "a big cat sat quietly", "stock market fell sharply", "the market rose today"] * 4
     y = ["cats", "cats", "stocks", "stocks"] * 4
@@ -250,6 +266,39 @@ def test_real_textile_model_matches_the_torch_path(head, textile_photos, tmp_pat
     X, y = textile_photos
     model = featx.TransferClassifier("timm/tf_efficientnet_lite0", head=head, cache_dir=tmp_path / "cache",
                                      device="cpu", backbone_options={"image_size": 64}).fit(X[:24], y[:24])
+    assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx")), X)
+
+
+@pytest.mark.integration
+def test_real_textile_graph_pads_are_constants(textile_photos, tmp_path):
+    """Lite0's TensorFlow "same" padding: its pad amounts are constants in the graph (so onnxruntime
+    folds each Pad into its Conv), not recomputed from the input's shape in every call."""
+    import onnx
+
+    X, y = textile_photos
+    model = featx.TransferClassifier("timm/tf_efficientnet_lite0", cache_dir=tmp_path / "cache", device="cpu",
+                                     backbone_options={"image_size": 64}).fit(X[:24], y[:24])
+    graph = onnx.load(featx.export(model, tmp_path / "onnx") / "model.onnx").graph
+    constants = {tensor.name for tensor in graph.initializer}
+    pads = [node for node in graph.node if node.op_type == "Pad"]
+    assert len(pads) == 5 and all(node.input[1] in constants for node in pads)  # the five stride-2 convolutions
+    assert not [node.op_type for node in graph.node if node.op_type in ("Shape", "Ceil")]
+
+
+@pytest.mark.integration
+def test_real_bbc_model_matches_the_torch_path(tmp_path):
+    """The demo's text model on real BBC articles (MiniLM, 128 tokens, + logreg: 5 per topic fitted,
+    40 compared, the 25 fitted included)."""
+    from featx.demo import bbc_news
+
+    task = bbc_news(quick=True)
+    rng = np.random.default_rng(0)
+    fit_rows = np.concatenate([rng.choice(task.pool[task.labels[task.pool] == t], 5, replace=False)
+                               for t in np.unique(task.labels)])
+    rows = np.concatenate([fit_rows, task.test[:15]])
+    X, y = [task.items[i] for i in rows], task.labels[rows]
+    model = featx.TransferClassifier(task.backbone, cache_dir=tmp_path / "cache", device="cpu",
+                                     backbone_options={"max_length": 128}).fit(X[:25], y[:25])
     assert_parity(model, OnnxModel(featx.export(model, tmp_path / "onnx")), X)
 
 

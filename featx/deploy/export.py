@@ -21,6 +21,7 @@ PosixPath('exported')
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -189,13 +190,72 @@ def _torch_graph(model, kind: str, backbone, opset: int):
         axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
                 output: {0: "batch"}}
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), _eager_attention(backbone):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         # The TorchScript exporter (dynamo=False): it traces these encoders in seconds with dynamic
         # batch and token axes; the torch.export-based one took minutes on this CPU for the same graph.
         torch.onnx.export(Graph().eval(), example, buffer, input_names=names, output_names=[output],
                           dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-    return onnx.load_from_string(buffer.getvalue())
+    graph = onnx.load_from_string(buffer.getvalue())
+    return _constant_pads(graph) if image else graph
+
+
+@contextlib.contextmanager
+def _eager_attention(backbone):
+    """Trace a transformers encoder with its eager attention (restored afterwards).
+
+    The graph of torch's ``scaled_dot_product_attention`` zeroes the rows of fully masked queries
+    with ``Where(IsNaN(softmax))`` over the whole ``(N, heads, L, L)`` attention matrix in every
+    layer: a quarter of MiniLM's run time in onnxruntime.  The eager attention computes the same
+    values (``softmax(QK^T / sqrt(d) + mask) V``) without it (docs/deploy.md).
+    """
+    network = backbone.model
+    before = getattr(getattr(network, "config", None), "_attn_implementation", None)
+    if backbone.modality != "text" or before in (None, "eager") or not hasattr(network, "set_attn_implementation"):
+        yield
+        return
+    network.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        network.set_attn_implementation(before)
+
+
+def _constant_pads(graph):
+    """The image graph with each Pad's amounts as a constant, so onnxruntime folds the Pad into its Conv.
+
+    timm's TensorFlow-style "same" padding (``tf_efficientnet_*`` and others) computes the amounts
+    from the input's height and width; the trace keeps that arithmetic (Shape, Ceil, ...) in the
+    graph, and onnxruntime does not fold a Shape whose batch axis is dynamic.  The size is fixed, so
+    the amounts are evaluated once, at batch sizes 1 and 2 (they are kept only if both agree); the
+    Pads and their layout reorders were a third of Lite0's run time (docs/deploy.md).
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    constants = {tensor.name for tensor in graph.graph.initializer}
+    pads = [node for node in graph.graph.node if node.op_type == "Pad" and node.input[1] not in constants]
+    if not pads:
+        return graph
+    probe = onnx.ModelProto()
+    probe.CopyFrom(graph)
+    names = list(dict.fromkeys(node.input[1] for node in pads))
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None) for name in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = graph.graph.input[0]
+    shape = [dim.dim_value for dim in pixels.type.tensor_type.shape.dim[1:]]
+    one, two = (session.run(names, {pixels.name: np.zeros([batch, *shape], np.uint8)}) for batch in (1, 2))
+    if not all(np.array_equal(a, b) for a, b in zip(one, two)):
+        return graph
+    for name, value in zip(names, one):
+        graph.graph.initializer.append(numpy_helper.from_array(value, f"{name}_constant"))
+    for node in pads:
+        node.input[1] = f"{node.input[1]}_constant"
+    # the arithmetic that computed them is now unused: keep only what the outputs need
+    kept = onnx.utils.Extractor(graph).extract_model([pixels.name], [output.name for output in graph.graph.output])
+    kept.graph.name = graph.graph.name
+    return kept
 
 
 def _head_graph(model, backbone, opset: int, ml_opset: int):
