@@ -173,6 +173,25 @@ def test_adapted_heads_export_with_their_linear_map(adapt, images, tmp_path):
     assert exported.predict(X[1::2]).dtype.kind == "U"  # class values, not the adapted head's class codes
 
 
+def test_an_auto_adapted_head_that_kept_none_exports_as_the_plain_head(images, tmp_path, monkeypatch):
+    """adapt="auto" choosing "none" (forced here through its scores): the head exports without an adapter map."""
+    import onnx
+
+    from featx.shift.adapt import AdaptedHead
+
+    monkeypatch.setattr(AdaptedHead, "_score", lambda self, adapt, *data: float(adapt == "none"))
+    X, y = images
+    model = featx.TransferClassifier(IMAGE, adapt="auto", cache_dir=tmp_path / "cache", device="cpu",
+                                     backbone_options={"image_size": 32, "pretrained": False})
+    model.fit(X[::2], y[::2], X_target=X[1::2])
+    assert model.head_.adapt_ == "none"
+    exported = OnnxModel(featx.export(model, tmp_path / "onnx"))
+    assert_parity(model, exported, X)
+    assert exported.predict(X).dtype.kind == "U"
+    graph = onnx.load(tmp_path / "onnx" / "model.onnx").graph
+    assert not [tensor.name for tensor in graph.initializer if "adapt_" in tensor.name]  # coral's: head_adapt_matrix, ...
+
+
 def test_a_self_trained_head_is_refused(images, tmp_path):
     X, y = images
     model = featx.TransferClassifier(IMAGE, adapt="self-training", cache_dir=tmp_path / "cache", device="cpu",
