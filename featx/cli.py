@@ -28,7 +28,8 @@ DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # the API's parameters named in its messages -> the flags that do the same on the command line
 FLAGS = {"errors": "--errors", "device": "--device", "text_column": "--text-column", "label_column": "--label-column",
-         "backbone_options": "-o", "head_params": "--head-param", "opset": "--opset", "quantize": "--quantize"}
+         "backbone_options": "-o", "head_params": "--head-param", "opset": "--opset", "quantize": "--quantize",
+         "cv": "--cv"}
 
 
 # -- argument types: argparse turns their errors into usage errors (exit 2) -----------------------
@@ -636,11 +637,14 @@ def cmd_sweep(args) -> int:
     X, y = _labelled(args.data, args.text_column, args.label_column)
     X_train, y_train, X_test, y_test = _split(args.data, X, y, args.test_size, args.seed)
     source = {"data": str(Path(args.data).resolve()), "text_column": args.text_column,
-              "label_column": args.label_column, "test_size": args.test_size, "seed": args.seed, "options": options}
+              "label_column": args.label_column, "test_size": args.test_size, "seed": args.seed, "options": options,
+              "errors": args.errors}
     result = sweep(X_train, y_train, backbones=[(b, options[b] or None) for b in args.backbone],
                    heads=args.head or ["logreg", "svm", "mlp", "knn"], X_test=X_test, y_test=y_test, cv=args.cv,
                    cache_dir=args.cache_dir, run_dir=args.run_dir, seed=args.seed, progress=not args.quiet,
-                   engine=args.engine, source=source, rank_by=args.rank_by, cv_top_k=args.cv_top_k)
+                   engine=args.engine, source=source, rank_by=args.rank_by, cv_top_k=args.cv_top_k,
+                   errors=args.errors)
+    _report_skipped(result.manifest["skipped"])
     print(result.table())
     if result.agreement:
         print(result.agreement_table())
@@ -698,7 +702,8 @@ def cmd_finetune(args) -> int:
     result = finetune(setup, X_train, y_train, strategy=args.strategy, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, batchnorm=args.batchnorm, augment=args.augment, adapt=args.adapt,
                       X_target=X_target, X_test=X_test, y_test=y_test, cache_dir=args.cache_dir, run_dir=out,
-                      progress=not args.quiet)
+                      progress=not args.quiet, errors=args.errors or source.get("errors", "raise"))
+    _report_skipped(result.skipped)
     print(f"{result.summary()}; run folder {out}")
     print(f"fine-tuned model: {out / 'finetuned.featx'}; frozen setup: {out / 'frozen.featx'}")
     return 0
@@ -833,6 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="where cache misses are embedded")
     p.add_argument("--run-dir", required=True, help="folder for the leaderboard, manifest, best model, report")
     p.add_argument("--cache-dir")
+    p.add_argument("--errors", choices=["raise", "skip"], default="raise",
+                   help="unreadable samples: stop with a list of them (raise) or leave them out of every split (skip)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--rank-by", choices=RANKINGS, default="cv", help="order setups by CV (default) or a transferability score")
     p.add_argument("--cv-top-k", type=TOP_K, metavar="K", help="with --rank-by SCORE: cross-validate only its top K setups")
@@ -858,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "statistics on it) or dann (domain-adversarial training)")
     p.add_argument("--out-dir", help="default: RUN_DIR/finetune-STRATEGY")
     p.add_argument("--cache-dir")
+    p.add_argument("--errors", choices=["raise", "skip"],
+                   help="unreadable samples: stop with a list of them (raise) or leave them out (skip); "
+                        "default: what the sweep used")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_finetune)
 
@@ -918,6 +928,8 @@ def cli_words(message: str) -> str:
     'Fix or remove them, or pass --errors skip to leave them out.'
     >>> cli_words("pass backbone_options={'pretrained': False} if random weights are intended")
     'pass -o pretrained=false if random weights are intended'
+    >>> cli_words("cv=5 lowered to 3 folds")
+    '--cv 5 lowered to 3 folds'
     """
 
     def flag(match: re.Match) -> str:
@@ -930,7 +942,7 @@ def cli_words(message: str) -> str:
             return " ".join(f"{name} {k}={_flag_value(v)}" for k, v in value.items())
         return name if value is None else f"{name} {_flag_value(value)}"
 
-    return re.sub(rf"\b({'|'.join(FLAGS)})=(\{{[^}}]*\}}|'[^']*'|\"[^\"]*\"|)", flag, message)
+    return re.sub(rf"\b({'|'.join(FLAGS)})=(\{{[^}}]*\}}|'[^']*'|\"[^\"]*\"|-?\d+(?:\.\d+)?\b|)", flag, message)
 
 
 EXTRAS = {**dict.fromkeys(["torch", "torchvision", "timm", "transformers", "sklearn", "h5py", "pluggy", "skops",

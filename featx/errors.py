@@ -34,7 +34,11 @@ class CacheError(FeatxError):
     """The embedding cache cannot be read or written."""
 
 
-class RandomInitWarning(UserWarning):
+class FeatxWarning(UserWarning):
+    """Something the user should know that does not stop the run (a setting lowered, a file not written)."""
+
+
+class RandomInitWarning(FeatxWarning):
     """A model was fitted on a backbone with random weights although ``pretrained=False`` was not
     asked for: its features are a baseline, not transferred knowledge."""
 

@@ -152,6 +152,31 @@ def test_predict_errors_skip_lists_unreadable_images_and_predicts_the_rest(capsy
     assert "featx: skipped (unreadable):" in err and "broken.png" in err
 
 
+def test_sweep_and_finetune_errors_skip_leave_out_unreadable_images(capsys, tmp_path, image_folder):
+    """The sweep's "pass --errors skip" advice works, and the run's fine-tuning skips the same samples."""
+    (image_folder / "red" / "broken.png").write_bytes(b"not a png")
+    run_dir, cache = tmp_path / "run", tmp_path / "c"
+    sweep = ["sweep", image_folder, "-b", "timm/test_efficientnet", "-o", "image_size=32", "--head", "logreg",
+             "--cv", "2", "--test-size", "0.3",
+             "--run-dir", run_dir, "--cache-dir", cache, "-q"]
+    code, _, err = run(capsys, *sweep)
+    assert code == 2 and "broken.png" in err and "--errors skip" in err and not run_dir.exists()
+    code, _, err = run(capsys, *sweep, "--errors", "skip")
+    assert code == 0, err
+    assert err.count("featx: skipped (unreadable):") == 1 and "broken.png" in err
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["n_train"] + manifest["n_test"] == 12 and len(manifest["skipped"]) == 1
+    page = (run_dir / "report.html").read_text()
+    reproduce = re.search(r'<pre id="reproduce"><code>(.*?)</code>', page, re.S)[1]
+    assert "1 unreadable sample was left out" in page and "--errors skip" in reproduce
+    code, out, err = run(capsys, "finetune", run_dir, "--strategy", "full", "--epochs", "1", "--batch-size", "4",
+                         "--cache-dir", cache, "-q")
+    assert code == 0 and "test accuracy" in out, err
+    assert "broken.png" in err and "broken.png" in json.loads((run_dir / "finetune-full" / "finetune.json").read_text())["skipped"][0]
+    code, _, err = run(capsys, "finetune", run_dir, "--errors", "raise", "--epochs", "1", "--cache-dir", cache, "-q")
+    assert code == 2 and "broken.png" in err and "--errors skip" in err
+
+
 def test_cache_rm_and_prune(capsys, tmp_path, image_folder):
     cache = tmp_path / "c"
     for bins in (4, 8):

@@ -13,6 +13,7 @@ from sklearn.datasets import make_circles
 from sklearn.neighbors import KNeighborsClassifier
 
 import featx
+from featx.errors import BadInputError
 
 
 class TableBackbone(featx.Backbone):
@@ -290,3 +291,41 @@ def test_holdout_split_is_the_cli_split(cache_dir):
     X_train, y_train, X_test, y_test = holdout_split(X, y, 0.3, seed=4)
     train, test = train_test_split(np.arange(50), test_size=0.3, stratify=y, random_state=4)
     assert X_train == [X[i] for i in train] and X_test == [X[i] for i in test] and y_test.tolist() == y[test].tolist()
+
+
+class Picky(TableBackbone):
+    """A TableBackbone that cannot read the samples named in ``unreadable`` (as a decoder would fail)."""
+
+    def __init__(self, table, name, unreadable=()):
+        super().__init__(table, name)
+        self.unreadable = set(unreadable)
+
+    def preprocess(self, item):
+        if item in self.unreadable:
+            raise BadInputError(f"cannot read {item!r}")
+        return item
+
+
+def test_errors_skip_leaves_a_sample_any_backbone_cannot_read_out_for_all(cache_dir, tmp_path):
+    X, y, F = circles(60)
+    X_test, y_test = X[40:], y[40:]
+    backbones = [Picky(F, "test/a", unreadable={"s3", "s45"}), Picky(F[:, ::-1].copy(), "test/b", unreadable={"s7"})]
+    with pytest.raises(BadInputError, match=r"(?s)'s3'.*errors='skip'"):
+        featx.sweep(X[:40], y[:40], backbones=backbones, heads=["logreg"], X_test=X_test, y_test=y_test, cv=3,
+                    cache_dir=cache_dir, progress=False, transferability=False)
+    result = featx.sweep(X[:40], y[:40], backbones=backbones, heads=["logreg"], X_test=X_test, y_test=y_test, cv=3,
+                         cache_dir=cache_dir, progress=False, transferability=False, errors="skip")
+    assert result.manifest["skipped"] == [  # each once, though both backbones embedded the splits
+        "text[3]: cannot read 's3'", "text[5]: cannot read 's45'", "text[7]: cannot read 's7'"]
+    assert result.manifest["n_train"] == 38 and result.manifest["n_test"] == 19
+    assert sum(r["support"] for r in result.evaluation["per_class"]) == 19
+    plain = featx.sweep([x for x in X[:40] if x not in {"s3", "s7"}], [c for x, c in zip(X[:40], y[:40]) if x not in {"s3", "s7"}],
+                        backbones=[TableBackbone(F, "test/a"), TableBackbone(F[:, ::-1].copy(), "test/b")],
+                        heads=["logreg"], X_test=[x for x in X_test if x != "s45"], y_test=np.delete(y_test, 5), cv=3,
+                        cache_dir=tmp_path / "plain", progress=False, transferability=False)  # nothing shared
+    assert [(r["backbone"], r["cv_accuracy"], r["test_accuracy"]) for r in result.leaderboard] == \
+        [(r["backbone"], r["cv_accuracy"], r["test_accuracy"]) for r in plain.leaderboard]
+    with pytest.raises(BadInputError, match="errors='ignore'"):
+        featx.sweep(X, y, backbones=backbones, errors="ignore")
+    with pytest.raises(BadInputError, match="regression sweep cannot leave samples out yet"):
+        featx.sweep(X, np.linspace(0, 1, len(X)), backbones=backbones, task="regression", errors="skip")

@@ -124,6 +124,11 @@ class Samples:
             keys = None if self._keys is None else self._keys[lo:hi]
             yield lo, Samples(self.modality, self.items[lo:hi], keys, self.names[lo:hi])
 
+    def subset(self, indices: Sequence[int]) -> "Samples":
+        """The samples at ``indices``, with their names and (if computed) their keys."""
+        keys = None if self._keys is None else self._keys[np.asarray(indices, dtype=np.intp)]
+        return Samples(self.modality, [self.items[i] for i in indices], keys, [self.names[i] for i in indices])
+
     def load(self, i: int):
         """Sample ``i`` as its backbone receives it: an RGB ``PIL.Image`` or a ``str``."""
         if self.modality == "text":
@@ -189,6 +194,15 @@ def sample_list(X: Any) -> list:
     if isinstance(X, np.ndarray) and X.ndim != 1 and X.dtype.kind in "OUS":
         raise BadInputError(f"X is an array of shape {X.shape}: pass a 1-D list of samples")
     return list(X)
+
+
+def take(values: Any, keep: np.ndarray) -> Any:
+    """The entries of ``values`` (samples or labels: an array or a sequence) where ``keep`` is True.
+
+    >>> take(["a.jpg", "b.jpg", "c.jpg"], np.array([True, False, True]))
+    ['a.jpg', 'c.jpg']
+    """
+    return values[keep] if isinstance(values, np.ndarray) else list(compress(values, keep))
 
 
 def _checked(input: str) -> str:

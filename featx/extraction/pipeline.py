@@ -359,6 +359,7 @@ def extract(
     block = BLOCK if engine == "local" else max(len(samples), 1)  # Ray streams its own batches to one actor pool
     meter = Progress(len(samples), backbone.name, progress and engine == "local")
     failed: dict[bytes, str] = {}
+    listed: set[bytes] = set()  # the unreadable contents already in ``bad``
 
     def embed(part: Samples, todo: np.ndarray) -> int:
         nonlocal batch_size
@@ -397,8 +398,11 @@ def extract(
                 embedded += embed(part, new[~store.contains(keys[new])])
         out[~good] = np.nan
         ok[lo:lo + len(part)] = good
-        bad += [msg if part.names[i] in msg else f"{part.names[i]}: same content as an unreadable sample ({msg})"
-                for i in np.flatnonzero(~good) for msg in [failed[keys[i]]]]
+        for i in np.flatnonzero(~good):  # the first sample of a content is the one that failed; repeats say so
+            name, msg = part.names[i], failed[keys[i]]
+            bad.append(msg if name in msg else f"{name}: {msg}" if keys[i] not in listed else
+                       f"{name}: same content as an unreadable sample ({msg})")
+            listed.add(keys[i])
     meter.finish()
     stats = ExtractStats(
         backbone=backbone.name, store_key=store.path.name, samples=len(samples), unique=len(distinct) + len(failed),

@@ -26,7 +26,6 @@ accumulation and a fixed seed.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 
 from .estimator import FineTunedClassifier, check_target, is_linear_probe, linear_probe
 from .training import METRICS
+from .._fs import write_json_atomic
 from ..backbones.base import Backbone
 from ..errors import BadInputError, did_you_mean
 
@@ -49,7 +49,7 @@ class FineTuneResult:
     on the training data) and ``"finetuned"``, and of ``"probe"`` when LP-FT started from a linear
     probe other than the frozen setup (whose head is then not logistic regression).  ``keep`` is
     ``"finetuned"`` when it scored higher, else ``"frozen"``; ``held_out`` says on what
-    (``"test"`` or ``"validation"``).
+    (``"test"`` or ``"validation"``).  ``skipped`` lists the unreadable samples ``errors="skip"`` left out.
     """
 
     model: FineTunedClassifier
@@ -62,6 +62,7 @@ class FineTuneResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     run_dir: Path | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def best_(self):
@@ -130,7 +131,7 @@ def _frozen_setup(setup, X, cache_dir, progress: bool, task: str):
 
 
 def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=None, run_dir=None,
-             progress: bool = True, **params: Any) -> FineTuneResult:
+             progress: bool = True, errors: str = "raise", **params: Any) -> FineTuneResult:
     """Promote ``setup`` to end-to-end training and compare it with the frozen setup as given.
 
     Parameters
@@ -155,6 +156,9 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
         ``finetuned.featx`` and ``frozen.featx``.
     progress : bool
         Progress bars and epoch lines on stderr.
+    errors : {"raise", "skip"}, default "raise"
+        Unreadable samples: ``"raise"`` stops with a list of them before any training; ``"skip"``
+        leaves them out of ``X``, ``X_test`` and ``X_target`` (listed in the result's ``skipped``).
     **params :
         ``FineTunedClassifier`` parameters (``strategy``, ``epochs``, ``lr``, ``batchnorm``, ``adapt``,
         ``task``, …).
@@ -180,6 +184,10 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
     model = FineTunedClassifier(frozen.backbone, frozen.backbone_options, cache_dir=frozen.cache_dir,
                                 progress=progress, **params)
     check_target(model.adapt, X_target, model.check_params())  # before any embedding
+    if errors not in ("raise", "skip"):
+        raise BadInputError(f"errors={errors!r}: use 'raise' or 'skip'")
+    (X, y), (X_test, y_test), (X_target, _), skipped = _readable(frozen, errors, (X, y), (X_test, y_test),
+                                                                 (X_target, None))
     frozen.fit(X, y)
     probe = None
     if model.strategy == "lp-ft":
@@ -199,10 +207,31 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
         scores["probe"] = float(probe.score(X_eval, y_eval))
     keep = "finetuned" if scores["finetuned"] > scores["frozen"] else "frozen"
     result = FineTuneResult(model, frozen, model.strategy, scores, keep, held_out, probe, model.history_,
-                            model.best_epoch_)
+                            model.best_epoch_, skipped=skipped)
     if run_dir is not None:
         result.run_dir = write_run(result, run_dir)
     return result
+
+
+def _readable(frozen, errors: str, *splits: tuple) -> tuple:
+    """Each ``(X, y)`` of ``splits`` (``X`` may be None) and the unreadable samples' lines: with
+    ``errors="skip"`` the samples the backbone cannot read are left out (they are embedded, so the
+    frozen setup's fit reads them from the cache); with ``"raise"`` the splits as given."""
+    from sklearn.base import clone
+
+    from ..data.samples import take
+
+    if errors == "raise":
+        return (*splits, [])
+    backbone, kept, skipped = frozen._named_backbone(splits[0][0]), [], []
+    for X, y in splits:
+        if X is None:
+            kept.append((X, y))
+            continue
+        result = clone(frozen).set_params(errors="skip")._extract(backbone, X)
+        skipped += result.stats.failed
+        kept.append((take(X, result.ok), None if y is None else take(y, result.ok)))
+    return (*kept, skipped)
 
 
 def write_run(result: FineTuneResult, run_dir) -> Path:
@@ -220,8 +249,9 @@ def write_run(result: FineTuneResult, run_dir) -> Path:
                "best_epoch": result.best_epoch, "backbone": result.model.backbone,
                "frozen_head": head_name(result.frozen.head), "batchnorm": result.model.batchnorm,
                "adapt": result.model.adapt, "task": result.model.task_,
-               "finetuned_fingerprint": result.model.fingerprint_, "frozen_fingerprint": result.frozen.fingerprint_}
-    (run_dir / "finetune.json").write_text(json.dumps(summary, indent=2))
+               "finetuned_fingerprint": result.model.fingerprint_, "frozen_fingerprint": result.frozen.fingerprint_,
+               "skipped": result.skipped}
+    write_json_atomic(run_dir / "finetune.json", summary, indent=2)
     save(result.model, run_dir / "finetuned.featx")
     save(result.frozen, run_dir / "frozen.featx")
     import matplotlib

@@ -24,6 +24,8 @@ import shlex
 import warnings
 from pathlib import Path
 
+from ..errors import FeatxWarning
+
 PLOTS = ("accuracy.png", "confusion.png", "cost.png", "transferability.png")
 
 
@@ -88,7 +90,7 @@ def write_run(result, run_dir, render: bool = True) -> tuple[Path, Path | None]:
         save(result.best_, run_dir / "best.featx")
     except Exception as exc:  # noqa: BLE001 -- the leaderboard is saved; the caller still holds best_
         warnings.warn(f"the sweep's results are saved in {str(run_dir)!r}, but its best model could not be saved "
-                      f"({type(exc).__name__}: {exc}); result.best_ holds it", UserWarning, stacklevel=3)
+                      f"({type(exc).__name__}: {exc}); result.best_ holds it", FeatxWarning, stacklevel=3)
     if not render:
         return run_dir, None
     try:
@@ -98,7 +100,7 @@ def write_run(result, run_dir, render: bool = True) -> tuple[Path, Path | None]:
             "once that is fixed,"
         warnings.warn(f"the sweep's results are saved in {str(run_dir)!r} (leaderboard, manifest, best.featx), but "
                       f"its report could not be rendered ({type(exc).__name__}: {exc}); {fix} render it with "
-                      f"`featx report {run_dir}`", UserWarning, stacklevel=3)
+                      f"`featx report {run_dir}`", FeatxWarning, stacklevel=3)
         return run_dir, None
 
 
@@ -317,6 +319,7 @@ def reproduce_command(manifest: dict, source: dict, run_dir) -> str:
     parts += [("-o", f"{name}:{key}={_cli_value(value)}")
               for name in names for key, value in ((source.get("options") or {}).get(name) or {}).items()]
     parts += [("--head", head) for head in manifest["heads"] if head in HEADS]
+    parts += [("--errors", "skip")] * (source.get("errors") == "skip")
     parts += [("--cv", str(_requested_cv(manifest))), ("--test-size", str(source.get("test_size") or 0)),
               ("--seed", str(source.get("seed", manifest.get("seed", 0)))), ("--run-dir", str(run_dir))]
     custom = [head for head in manifest["heads"] if head not in HEADS]
@@ -347,7 +350,7 @@ def reproduce_snippet(manifest: dict, run_dir) -> str:
     else:
         split = ""
     extras = "".join(f", {key}={manifest[key]!r}" for key, default in (("grids", None), ("views", True),
-                                                                        ("transferability", True))
+                                                                        ("transferability", True), ("errors", "raise"))
                      if key in manifest and manifest[key] != default)
     return (f"import featx\n\n"
             f"# X, y: the same {n_samples} samples and labels (training data fingerprint {manifest.get('data_fingerprint')})\n"
@@ -504,6 +507,13 @@ def _page(rows: list[dict], correlations: dict, evaluation: dict, manifest: dict
         reproduce = ("<p>This sweep was run from Python; with the same samples and labels, this call repeats it:</p>"
                      f'<pre id="reproduce"><code>{html.escape(reproduce_snippet(manifest, run_dir))}</code></pre>')
     n_test = manifest.get("n_test")
+    skipped = manifest.get("skipped") or []
+    if skipped:
+        listing = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in skipped)
+        how = html.escape("--errors skip" if source is not None else 'errors="skip"')
+        warning += (f'<p class="warning"><span class="badge">skipped</span> {len(skipped)} unreadable sample'
+                    f'{"s were" if len(skipped) > 1 else " was"} left out of every split (<code>{how}</code>):'
+                    f"</p><ul>{listing}</ul>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>featx sweep report</title>
 <style>{STYLE}</style></head><body>

@@ -29,7 +29,7 @@ import numpy as np
 from .._fs import digest, write_json_atomic
 from ..backbones.base import Backbone
 from ..cache import EmbeddingCache
-from ..errors import BadInputError
+from ..errors import BadInputError, FeatxWarning
 from ..heads import HEADS, head_name, make_head
 
 METRICS = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "macro_f1": "f1_macro"}
@@ -255,8 +255,9 @@ def _target_score(model, Z_target: np.ndarray) -> float | None:
     return -float(np.mean(entropy(model.predict_proba(Z_target), axis=1)))
 
 
-def _folds(y: np.ndarray, cv: int, seed: int, after_split: bool):
-    """Stratified folds; fewer than ``cv`` (with a warning) when the least populated class is smaller."""
+def _folds(y: np.ndarray, cv: int, seed: int, after_split: bool, warn: bool = True):
+    """Stratified folds; fewer than ``cv`` (with a warning, unless ``warn`` is False) when the least
+    populated class is smaller."""
     import warnings
 
     from sklearn.model_selection import StratifiedKFold
@@ -267,9 +268,9 @@ def _folds(y: np.ndarray, cv: int, seed: int, after_split: bool):
         raise BadInputError(f"class {name} has only {count} training sample{where}; cross-validation needs at least 2 of "
                             f"every class: add samples of {name} or drop that class"
                             + (", or hold out fewer (a smaller test_size)" if after_split else ""))
-    if count < cv:
+    if count < cv and warn:
         warnings.warn(f"cv={cv} lowered to {count} folds: class {name} has only {count} training samples{where}, "
-                      f"and every fold needs each class", UserWarning, stacklevel=3)
+                      f"and every fold needs each class", FeatxWarning, stacklevel=3)
     return StratifiedKFold(n_splits=min(cv, count), shuffle=True, random_state=seed)
 
 
@@ -400,7 +401,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
           cache_dir=None, run_dir=None, seed: int = 0, n_jobs: int | None = None, progress: bool = True,
           report: bool = True, engine: str = "local", source: dict | None = None, rank_by: str = "cv",
           cv_top_k: int | None = None, scoring: str = "accuracy", task: str = "auto", X_target=None,
-          y_target=None) -> SweepResult:
+          y_target=None, errors: str = "raise") -> SweepResult:
     """Rank every backbone × view × head on ``(X, y)`` by cross-validated accuracy (or ``scoring``).
 
     Every argument is checked before anything is embedded.  With ``run_dir`` the results are saved
@@ -466,6 +467,11 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         in nats: nearer 0 is more confident; ``None`` for a head without ``predict_proba``) and, with
         ``y_target``, ``target_accuracy``: read them to pick the setup that transfers.  The ranking
         stays by cross-validation.  Classification sweeps only.
+    errors : {"raise", "skip"}, default "raise"
+        Unreadable samples: ``"raise"`` stops with a list of them (the others are cached);
+        ``"skip"`` leaves them out of every split, for every backbone alike (a sample any backbone
+        cannot read is dropped for all, so the rows compare the same samples), and lists them in
+        ``manifest["skipped"]``.
 
     Returns
     -------
@@ -477,7 +483,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     ...                      test_size=0.3, run_dir="runs/news")          # doctest: +SKIP
     >>> print(result.table())                                            # doctest: +SKIP
     """
-    from ..data.samples import as_samples
+    from ..data.samples import as_samples, take
     from ..data.labels import labels_or_raise
     from ..estimators import TransferClassifier, resolve_backbone
     from ..extraction.pipeline import extract
@@ -488,6 +494,9 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     if _is_regression(y, task):
         if X_target is not None or y_target is not None:
             raise BadInputError("X_target/y_target: a regression sweep does not score a target domain yet; drop them")
+        if errors != "raise":
+            raise BadInputError(f"errors={errors!r}: a regression sweep cannot leave samples out yet; fix or remove "
+                                f"the unreadable ones and sweep with errors='raise'")
         return sweep_regression(X, y, backbones, heads, backbone_options=backbone_options, cv=cv, grids=grids,
                                 views=views, transferability=transferability, cache_dir=cache_dir, seed=seed,
                                 n_jobs=n_jobs, progress=progress, engine=engine, X_test=X_test, y_test=y_test,
@@ -499,12 +508,14 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     for head in heads:
         make_head(head)  # unknown names fail now, not after the extraction
     specs = _specs(backbones, backbone_options)
+    if errors not in ("raise", "skip"):
+        raise BadInputError(f"errors={errors!r}: use 'raise' or 'skip'")
     _check_cv(cv)
     _check_ranking(rank_by, cv_top_k, transferability)
     y = labels_or_raise(y, len(X))
     X, y, X_test, y_test = _train_and_test(X, y, X_test, y_test, test_size, seed)
     X_target, y_target = _target_domain(X, X_target, y_target)
-    folds = _folds(y, cv, seed, after_split=bool(test_size))
+    folds = _folds(y, cv, seed, after_split=bool(test_size), warn=errors == "raise")  # "skip": once y is final
     results = _ResultsCache(cache_dir)
     rows: list[dict] = []
     fitted: dict[tuple, tuple] = {}
@@ -512,7 +523,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     data_key = test_key = target_key = None
     hashed: dict[str, tuple] = {}  # modality -> (train, test) samples: content hashed once for every backbone
 
-    candidates: list[dict] = []  # one per backbone/view: its features and scores, cross-validated below
+    extracted = []  # (spec, options, backbone, described, (train, test, target)) per backbone
     for spec, options in specs:
         backbone = resolve_backbone(spec, options)
         described = _describe(backbone, options)
@@ -522,11 +533,30 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
             hashed[backbone.modality] = (as_samples(X, backbone.modality),
                                          as_samples(X_test, backbone.modality) if X_test is not None else None,
                                          as_samples(X_target, backbone.modality) if X_target is not None else None)
+        parts = tuple(None if samples is None else extract(backbone, samples, cache_dir=cache_dir, progress=progress,
+                                                           engine=engine, errors=errors)
+                      for samples in hashed[backbone.modality])
+        extracted.append((spec, options, backbone, described, parts))
+    skipped = _unreadable([parts for *_, parts in extracted])
+    if skipped:
+        keep = [None if split[0] is None else np.logical_and.reduce([part.ok for part in split])
+                for split in zip(*(parts for *_, parts in extracted))]  # train, test, target: readable by all
+        extracted = [(*setup, tuple(None if part is None else _kept(part, mask) for part, mask in zip(parts, keep)))
+                     for *setup, parts in extracted]
+        hashed = {modality: tuple(None if samples is None else samples.subset(np.flatnonzero(mask))
+                                  for samples, mask in zip(triple, keep)) for modality, triple in hashed.items()}
+        X, y = take(X, keep[0]), y[keep[0]]
+        if X_test is not None:
+            X_test, y_test = take(X_test, keep[1]), y_test[keep[1]]
+        if X_target is not None:
+            X_target, y_target = take(X_target, keep[2]), None if y_target is None else y_target[keep[2]]
+        say(f"[sweep] left out {len(skipped)} unreadable sample{'s' if len(skipped) > 1 else ''} (errors='skip')")
+    if errors == "skip":
+        folds = _folds(y, cv, seed, after_split=bool(test_size))
+
+    candidates: list[dict] = []  # one per backbone/view: its features and scores, cross-validated below
+    for spec, options, backbone, described, (train, test, target) in extracted:
         train_samples, test_samples, target_samples = hashed[backbone.modality]
-        train = extract(backbone, train_samples, cache_dir=cache_dir, progress=progress, engine=engine)
-        test = extract(backbone, test_samples, cache_dir=cache_dir, progress=progress, engine=engine) if test_samples is not None else None
-        target = (extract(backbone, target_samples, cache_dir=cache_dir, progress=progress, engine=engine)
-                  if target_samples is not None else None)
         if data_key is None:
             data_key = digest("data", train_samples.keys.tobytes().hex(), [str(v) for v in y])
         if test is not None and test_key is None:
@@ -623,7 +653,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         "n_test": None if X_test is None else len(y_test), "classes": [str(c) for c in best.classes_],
         "metric": scoring, "best": {k: top[k] for k in ("backbone", "view", "head", "params", "cv_accuracy", "test_accuracy")},
     }
-    manifest.update(rank_by=rank_by, cv_top_k=cv_top_k)
+    manifest.update(rank_by=rank_by, cv_top_k=cv_top_k, errors=errors, skipped=skipped)
     if X_target is not None:
         manifest.update(n_target=len(X_target), target_labelled=y_target is not None)
     result = SweepResult(rows, best, manifest, rank_correlations(rows), evaluation, source,
@@ -634,6 +664,19 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         result.run_dir, result.report = write_run(result, run_dir, render=report)
         say(f"[sweep] wrote {result.run_dir}" + (f"; report {result.report}" if result.report else ""))
     return result
+
+
+def _unreadable(parts_by_backbone: list[tuple]) -> list[str]:
+    """Every sample some backbone could not read (``errors="skip"``), each listed once, in order."""
+    return list(dict.fromkeys(line for parts in parts_by_backbone for part in parts if part is not None
+                              for line in part.stats.failed))
+
+
+def _kept(extraction, mask: np.ndarray):
+    """``extraction`` without the rows ``mask`` leaves out."""
+    from ..extraction.pipeline import Extraction
+
+    return Extraction(np.ascontiguousarray(extraction.vectors[mask]), extraction.ok[mask], extraction.stats)
 
 
 def _evaluation(y_true, predicted, classes, split: str) -> dict:
