@@ -721,6 +721,13 @@ def cmd_shift(args) -> int:
         raise BadInputError(f"--report {args.report!r} is a file; give a folder (created if missing)")
     ref_samples = _unlabelled(args.ref, backbone.modality, args.text_column)[0]
     new_samples = _unlabelled(args.new, backbone.modality, args.text_column)[0]
+    if args.errors == "skip":  # the readable samples only (embedded, so cached, on the way)
+        from .data.samples import take
+        from .extraction.pipeline import extract
+
+        kept = [extract(backbone, samples, cache_dir=args.cache_dir, errors="skip") for samples in (ref_samples, new_samples)]
+        ref_samples, new_samples = (take(samples, result.ok) for samples, result in zip((ref_samples, new_samples), kept))
+        _report_skipped([line for result in kept for line in result.stats.failed])
     ref, new = embed_pair(ref_samples, new_samples, backbone, cache_dir=args.cache_dir,
                           names=(f"REF {args.ref!r}", f"NEW {args.new!r}"))
     report = compare_vectors(ref, new, method=args.method, alpha=args.alpha, n_permutations=args.permutations,
@@ -884,6 +891,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", metavar="DIR", help="write DIR/report.html: both sets projected, the most shifted samples")
     p.add_argument("--cache-dir", help="embedding cache (default: $FEATX_CACHE_DIR or ./cache)")
+    p.add_argument("--errors", choices=["raise", "skip"], default="raise",
+                   help="unreadable samples: stop with a list of them (raise) or leave them out of both sets (skip)")
     p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("serve", help="serve a model over HTTP: POST /predict, GET /health, GET /metadata")

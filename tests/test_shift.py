@@ -161,6 +161,21 @@ def test_cli_shift_prints_the_verdict_and_writes_a_report(tmp_path, capsys):
     assert page.count('src="shifted-') == 10 and (tmp_path / "report" / "shifted-10.png").is_file()
 
 
+def test_cli_shift_errors_skip_leaves_unreadable_images_out_of_both_sets(tmp_path, capsys):
+    ref, new = _folder(tmp_path / "ref", 12, 0, 0), _folder(tmp_path / "new", 10, 120, 1)
+    (new / "broken.png").write_bytes(b"not a png")
+    argv = ["shift", str(ref), str(new), "-b", "acme/colorhist", "--cache-dir", str(tmp_path / "cache"),
+            "--permutations", "100", "--report", str(tmp_path / "report")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "--errors skip" in err and not (tmp_path / "report").exists()
+    assert main([*argv, "--errors", "skip"]) == 0
+    out, err = capsys.readouterr()
+    assert "12 reference vs 10 new" in out and err.count("featx: skipped (unreadable):") == 1 and "broken.png" in err
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count('src="shifted-') == 10 and "broken" not in page
+
+
 def test_cli_shift_same_folder_is_not_flagged(tmp_path, capsys):
     ref = _folder(tmp_path / "ref", 12, 0, 0)
     code = main(["shift", str(ref), str(ref), "-b", "acme/colorhist", "--method", "ks",
