@@ -329,3 +329,27 @@ def test_errors_skip_leaves_a_sample_any_backbone_cannot_read_out_for_all(cache_
         featx.sweep(X, y, backbones=backbones, errors="ignore")
     with pytest.raises(BadInputError, match="regression sweep cannot leave samples out yet"):
         featx.sweep(X, np.linspace(0, 1, len(X)), backbones=backbones, task="regression", errors="skip")
+
+
+def test_a_head_that_cannot_fit_the_folds_fails_before_embedding(cache_dir):
+    X, y, F = circles(6)  # 3 per class: the whole set would do for the svm head, a 3-fold training part not
+    backbone = TableBackbone(F)
+    with pytest.raises(BadInputError, match=r"head 'svm' cannot be cross-validated on 6 training samples in 3 folds "
+                                            r"\(each fold trains on about 4\): .*needs at least 3 samples of each class"):
+        featx.sweep(X, y, backbones=[backbone], heads=["logreg", "svm"], cv=3, cache_dir=cache_dir, progress=False)
+    assert backbone.embedded == 0
+
+
+class Failing(ClassifierMixin, BaseEstimator):
+    def fit(self, X, y):
+        raise ValueError("this head never fits")
+
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+def test_a_head_whose_every_fit_fails_is_named_with_its_cause(cache_dir):
+    X, y, F = circles(40)
+    with pytest.raises(BadInputError, match=r"head 'Failing': no setting of its grid could be fitted on 40 samples "
+                                            r"with 3 folds \(ValueError: this head never fits\)"):
+        featx.sweep(X, y, backbones=[TableBackbone(F)], heads=[Failing()], cv=3, cache_dir=cache_dir, progress=False)

@@ -336,6 +336,22 @@ def _selection(rank_by: str, cv_top_k, rows: list[dict], candidates: list[dict],
             "pick": pick, "exhaustive_pick": exhaustive, "same_pick": same}
 
 
+def _check_heads_on_folds(heads: list, y: np.ndarray, folds) -> None:
+    """Each head's own checks of its targets (the svm head's samples per class, ...) on every
+    cross-validation training fold, so that a head that cannot fit them fails before any embedding."""
+    for head in heads:
+        check = getattr(make_head(head), "_check_targets", None)  # featx's heads; a scikit-learn one has none
+        if check is None:
+            continue
+        for train, _ in folds.split(np.zeros((len(y), 1)), y):
+            try:
+                check(np.zeros((len(train), 1)), y[train])
+            except BadInputError as exc:
+                raise BadInputError(f"head {head_name(head)!r} cannot be cross-validated on {len(y)} training "
+                                    f"samples in {folds.get_n_splits()} folds (each fold trains on about "
+                                    f"{len(train)}): {exc}") from None
+
+
 def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n_jobs, metric: str = "accuracy") -> dict:
     """Cross-validate every setting of ``head``'s grid; the setting best by ``metric`` (a ``METRICS`` key) wins."""
     from sklearn.model_selection import GridSearchCV
@@ -350,11 +366,14 @@ def _grid_search(head, Z: np.ndarray, y: np.ndarray, folds, grid: dict | None, n
     with warnings.catch_warnings():  # candidates that cannot fit this data (k > fold size …) score NaN
         warnings.simplefilter("ignore", FitFailedWarning)
         warnings.simplefilter("ignore", UserWarning)
-        search.fit(Z, y)
+        try:
+            search.fit(Z, y)
+        except ValueError as exc:  # scikit-learn raises when every candidate failed on every fold
+            cause = str(exc).strip().splitlines()[-1]  # the last failure's own message
+            raise BadInputError(f"head {head_name(head)!r}: no setting of its grid could be fitted on {len(y)} "
+                                f"samples with {folds.get_n_splits()} folds ({cause}); give more data or a smaller "
+                                f"grid") from None
     r = search.cv_results_
-    if np.all(np.isnan(r["mean_test_accuracy"])):
-        raise BadInputError(f"head {head_name(head)!r}: no setting of its grid could be fitted on {len(y)} samples "
-                            f"with {folds.get_n_splits()} folds; give more data or a smaller grid")
     best = int(np.nanargmax(r[f"mean_test_{metric}"]))
     return {
         "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in r["params"][best].items()},
@@ -516,6 +535,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     X, y, X_test, y_test = _train_and_test(X, y, X_test, y_test, test_size, seed)
     X_target, y_target = _target_domain(X, X_target, y_target)
     folds = _folds(y, cv, seed, after_split=bool(test_size), warn=errors == "raise")  # "skip": once y is final
+    _check_heads_on_folds(heads, y, folds)
     results = _ResultsCache(cache_dir)
     rows: list[dict] = []
     fitted: dict[tuple, tuple] = {}
@@ -553,6 +573,7 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
         say(f"[sweep] left out {len(skipped)} unreadable sample{'s' if len(skipped) > 1 else ''} (errors='skip')")
     if errors == "skip":
         folds = _folds(y, cv, seed, after_split=bool(test_size))
+        _check_heads_on_folds(heads, y, folds)
 
     candidates: list[dict] = []  # one per backbone/view: its features and scores, cross-validated below
     for spec, options, backbone, described, (train, test, target) in extracted:
