@@ -273,6 +273,20 @@ def _to_embed(samples: Samples, present: np.ndarray) -> np.ndarray:
     return todo
 
 
+def check_errors(errors: str) -> None:
+    """``errors`` is one of the two policies for unreadable samples (``extract``, ``sweep`` and ``finetune`` take it).
+
+    Parameters
+    ----------
+    errors : str
+        ``"raise"`` or ``"skip"``.
+
+    >>> check_errors("skip")
+    """
+    if errors not in ("raise", "skip"):
+        raise BadInputError(f"errors={errors!r}: use 'raise' or 'skip'")
+
+
 def extract(
     backbone: Backbone | str,
     X: Any,
@@ -340,8 +354,7 @@ def extract(
         skipped) and ``stats`` (an ``ExtractStats``: samples, cache hits, embedded, seconds, failed).
     """
     backbone = resolve_backbone(backbone)
-    if errors not in ("raise", "skip"):
-        raise BadInputError(f"errors={errors!r}: use 'raise' or 'skip'")
+    check_errors(errors)
     if engine not in ("local", "ray"):
         raise BadInputError(f"engine={engine!r}: use 'local' or 'ray'")
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1):

@@ -172,6 +172,7 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
         for it (scored as ``"probe"``).
     """
     from ..estimators import TransferRegressor
+    from ..extraction.pipeline import check_errors
 
     allowed = set(FineTunedClassifier._get_param_names()) - {"backbone", "backbone_options", "cache_dir", "progress"}
     for name in params:
@@ -184,8 +185,7 @@ def finetune(setup, X, y, *, X_test=None, y_test=None, X_target=None, cache_dir=
     model = FineTunedClassifier(frozen.backbone, frozen.backbone_options, cache_dir=frozen.cache_dir,
                                 progress=progress, **params)
     check_target(model.adapt, X_target, model.check_params())  # before any embedding
-    if errors not in ("raise", "skip"):
-        raise BadInputError(f"errors={errors!r}: use 'raise' or 'skip'")
+    check_errors(errors)
     (X, y), (X_test, y_test), (X_target, _), skipped = _readable(frozen, errors, (X, y), (X_test, y_test),
                                                                  (X_target, None))
     frozen.fit(X, y)

@@ -505,11 +505,12 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     from ..data.samples import as_samples, take
     from ..data.labels import labels_or_raise
     from ..estimators import TransferClassifier, resolve_backbone
-    from ..extraction.pipeline import extract
+    from ..extraction.pipeline import check_errors, extract
     from .transferability import (SCORES, STATIC, parameter_count, rank_agreement, rank_correlations, score_all,
                                   setup_key, static_prior)
 
     metric = _scoring_metric(scoring)
+    check_errors(errors)
     if _is_regression(y, task):
         if X_target is not None or y_target is not None:
             raise BadInputError("X_target/y_target: a regression sweep does not score a target domain yet; drop them")
@@ -527,8 +528,6 @@ def sweep(X, y, backbones: Sequence, heads: Sequence = ("logreg", "svm", "mlp", 
     for head in heads:
         make_head(head)  # unknown names fail now, not after the extraction
     specs = _specs(backbones, backbone_options)
-    if errors not in ("raise", "skip"):
-        raise BadInputError(f"errors={errors!r}: use 'raise' or 'skip'")
     _check_cv(cv)
     _check_ranking(rank_by, cv_top_k, transferability)
     y = labels_or_raise(y, len(X))
