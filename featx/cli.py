@@ -721,15 +721,17 @@ def cmd_shift(args) -> int:
         raise BadInputError(f"--report {args.report!r} is a file; give a folder (created if missing)")
     ref_samples = _unlabelled(args.ref, backbone.modality, args.text_column)[0]
     new_samples = _unlabelled(args.new, backbone.modality, args.text_column)[0]
-    if args.errors == "skip":  # the readable samples only (embedded, so cached, on the way)
+    names = (f"REF {args.ref!r}", f"NEW {args.new!r}")
+    if args.errors == "skip":  # the readable samples and their vectors (embed_pair checks the vectors)
         from .data.samples import take
         from .extraction.pipeline import extract
 
         kept = [extract(backbone, samples, cache_dir=args.cache_dir, errors="skip") for samples in (ref_samples, new_samples)]
         ref_samples, new_samples = (take(samples, result.ok) for samples, result in zip((ref_samples, new_samples), kept))
         _report_skipped([line for result in kept for line in result.stats.failed])
-    ref, new = embed_pair(ref_samples, new_samples, backbone, cache_dir=args.cache_dir,
-                          names=(f"REF {args.ref!r}", f"NEW {args.new!r}"))
+        ref, new = embed_pair(*(result.vectors[result.ok] for result in kept), None, names=names)
+    else:
+        ref, new = embed_pair(ref_samples, new_samples, backbone, cache_dir=args.cache_dir, names=names)
     report = compare_vectors(ref, new, method=args.method, alpha=args.alpha, n_permutations=args.permutations,
                              random_state=args.seed)
     print(report.verdict())
